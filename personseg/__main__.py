@@ -1,0 +1,5 @@
+import sys
+
+from personseg.cli import main
+
+sys.exit(main())
