@@ -1,0 +1,95 @@
+"""UNet-MobileNet: a MobileNet encoder (V1, V2 or V3 blocks, width multiplier `alpha`) and a UNet
+decoder of transposed convolutions with skip connections, designed for 320x180 person masks."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from personseg.models.blocks import ConvBNAct, DepthwiseSeparable, make_divisible, pad_to_multiple
+from personseg.models.encoders import ENCODERS
+from personseg.models.registry import register_model
+from personseg.models.pretrained import load_encoder_weights
+
+
+class UpBlock(nn.Module):
+    """x2 transposed conv, concat the skip, fuse with a depthwise-separable block."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+        )
+        self.fuse = DepthwiseSeparable(out_ch + skip_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([self.up(x), skip], dim=1))
+
+
+class UNetDecoder(nn.Module):
+    """Four UpBlocks from stride 32 back to stride 2, then a last transposed conv to full resolution."""
+
+    def __init__(self, encoder_channels: list[int], decoder_channels: list[int]):
+        super().__init__()
+        # deepest feature first; skips are the shallower taps in reverse order
+        in_chs = [encoder_channels[-1]] + decoder_channels[:-1]
+        skip_chs = encoder_channels[-2::-1]
+        self.blocks = nn.ModuleList(
+            UpBlock(i, s, o) for i, s, o in zip(in_chs, skip_chs, decoder_channels[:4])
+        )
+        self.final_up = nn.Sequential(
+            nn.ConvTranspose2d(decoder_channels[3], decoder_channels[4], 4, 2, 1, bias=False),
+            nn.BatchNorm2d(decoder_channels[4]),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for block, skip in zip(self.blocks, features[-2::-1]):
+            x = block(x, skip)
+        return self.final_up(x)
+
+
+class UNetMobileNet(nn.Module):
+    """(B, 3, H, W) normalized image -> (B, 1, H, W) person logits, for any H and W."""
+
+    stride = 32
+
+    def __init__(self, encoder: str = "mobilenet_v2", alpha: float = 1.0,
+                 decoder_channels: tuple[int, ...] = (96, 32, 24, 16, 16), num_classes: int = 1,
+                 encoder_weights: str | None = None):
+        super().__init__()
+        self.encoder = ENCODERS[encoder](alpha)
+        self.decoder = UNetDecoder(self.encoder.channels, list(decoder_channels))
+        self.head = nn.Conv2d(decoder_channels[-1], num_classes, 1)
+        if encoder_weights:
+            load_encoder_weights(self.encoder, encoder, alpha, encoder_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (h, w) = pad_to_multiple(x, self.stride)
+        logits = self.head(self.decoder(self.encoder(x)))
+        return logits[..., :h, :w]
+
+
+def _scaled(channels: tuple[int, ...], alpha: float) -> tuple[int, ...]:
+    return tuple(make_divisible(c * alpha) for c in channels)
+
+
+# Decoder widths per family, chosen to match the published sizes at 320x180: UNet-MobileNetV1
+# alpha=1.0 ~12M parameters (its decoder scales with alpha), UNet-MobileNetV3 alpha=0.3 ~3M. The
+# V2/V3 decoders keep a fixed width: ~3M at alpha=0.3 is more than a decoder shrunk by alpha can hold.
+@register_model("unet_mobilenet_v1")
+def unet_mobilenet_v1(alpha: float = 1.0, decoder_channels=None, **kwargs) -> UNetMobileNet:
+    decoder_channels = decoder_channels or _scaled((384, 192, 96, 64, 32), alpha)
+    return UNetMobileNet("mobilenet_v1", alpha, tuple(decoder_channels), **kwargs)
+
+
+@register_model("unet_mobilenet_v2")
+def unet_mobilenet_v2(alpha: float = 1.0, decoder_channels=(96, 32, 24, 16, 16), **kwargs) -> UNetMobileNet:
+    return UNetMobileNet("mobilenet_v2", alpha, tuple(decoder_channels), **kwargs)
+
+
+@register_model("unet_mobilenet_v3")
+def unet_mobilenet_v3(alpha: float = 1.0, decoder_channels=(320, 160, 80, 40, 16), **kwargs) -> UNetMobileNet:
+    return UNetMobileNet("mobilenet_v3", alpha, tuple(decoder_channels), **kwargs)

@@ -1,0 +1,116 @@
+"""Inference on numpy images. The CLI, video and demo code are thin callers of `Predictor`.
+
+Preprocessing keeps the aspect ratio by resizing, not letterboxing: each image is scaled so its area
+matches the model's pixel budget (`input_size`, 320x180 = 57,600 pixels by default) with its own
+aspect ratio; the model pads to its stride internally and crops back. A 600x800 portrait runs at
+208x277, a 1920x1080 frame at 320x180. The low-resolution probability is brought back to the source
+size by the guided filter (image as guide, sharp edges) or, with `refine=False`, bilinearly.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "accurate"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def model_size(height: int, width: int, input_size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) with the area of `input_size` (width, height) and the aspect ratio of the image."""
+    scale = math.sqrt(input_size[0] * input_size[1] / (height * width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+class Predictor:
+    """`predict(rgb)` -> person alpha. rgb is HxWx3 uint8 RGB; the alpha is HxW float32 in [0, 1]."""
+
+    def __init__(self, model: nn.Module, *, input_size: tuple[int, int] = (320, 180),
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold: float = 0.5, refine: bool = True,
+                 device: str | torch.device | None = "cpu", info: dict | None = None):
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.input_size = tuple(input_size)
+        self.mean = np.asarray(mean, np.float32) * 255
+        self.std = np.asarray(std, np.float32) * 255
+        self.threshold = float(threshold)
+        self.refine = refine
+        self.info = info or {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device="cpu", refine: bool = True) -> "Predictor":
+        model, info = load_checkpoint(path)
+        return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
+                   threshold=info["threshold"], refine=refine, device=device, info=info)
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        return self.predict_batch([rgb])[0]
+
+    def predict_mask(self, rgb: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """HxW uint8 mask, 0 or 255."""
+        t = self.threshold if threshold is None else threshold
+        return np.where(self.predict(rgb) >= t, 255, 0).astype(np.uint8)
+
+    def predict_batch(self, images: list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+        """Alphas for a list of images; images of the same size run together in batches."""
+        for i, rgb in enumerate(images):
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                raise ValueError(f"image {i}: expected an HxWx3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+        results: list[np.ndarray | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, rgb in enumerate(images):
+            by_size.setdefault(rgb.shape[:2], []).append(i)
+        for (h, w), indices in by_size.items():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                probs = self._forward([images[i] for i in chunk], model_size(h, w, self.input_size))
+                for i, prob in zip(chunk, probs):
+                    results[i] = self._upsample(images[i], prob)
+        return results
+
+    def _forward(self, images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+        """Low-resolution probabilities, (N, h, w) float32."""
+        h, w = size
+        batch = np.stack([cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) for rgb in images])
+        batch = (batch.astype(np.float32) - self.mean) / self.std
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            prob = torch.sigmoid(self.model(x)[:, 0].float())
+        return prob.cpu().numpy()
+
+    def _upsample(self, rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        if prob.shape == (h, w):
+            return prob
+        if self.refine:
+            from personseg.guided_filter import refine_alpha
+            return refine_alpha(rgb, prob)
+        return np.clip(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)
+
+
+def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool = True) -> Predictor:
+    """A predictor from a checkpoint path, or a shipped model by name ("accurate", "fast"; None = the default)."""
+    name = str(path_or_name or DEFAULT_MODEL)
+    shipped = WEIGHTS_DIR / f"{name}.pt"
+    if path_or_name is None or (not Path(name).exists() and shipped.exists()):
+        if not shipped.exists():
+            available = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) or ["none"]
+            raise FileNotFoundError(f"no shipped model named {name!r} (shipped: {', '.join(available)}); "
+                                    "pass a checkpoint path with --model")
+        return Predictor.from_checkpoint(shipped, device, refine)
+    return Predictor.from_checkpoint(name, device, refine)
