@@ -1,0 +1,29 @@
+"""Shared fixtures. Real data comes from $PERSONSEG_DATA (CI: ../shared/data); tests that need it skip
+with a reason when it is absent, as in a user's clone."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    value = os.environ.get("PERSONSEG_DATA")
+    if not value:
+        pytest.skip("PERSONSEG_DATA is not set: point it at the shared data folder (CI uses ../shared/data)")
+    path = Path(value)
+    if not path.is_absolute():
+        path = (REPO / path).resolve() if (REPO / path).exists() else path.resolve()
+    if not path.is_dir():
+        pytest.skip(f"PERSONSEG_DATA={value} is not a folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pretrained_dir(data_dir) -> Path:
+    path = data_dir.parent / "pretrained"
+    if not path.is_dir():
+        pytest.skip(f"no pretrained weights folder beside the data ({path})")
+    return path

@@ -1,0 +1,107 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import personseg
+from personseg.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from personseg.models import create_model
+from personseg.predict import Predictor, model_size
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("unet_mobilenet_v3", alpha=0.25, decoder_channels=(32, 16, 16, 8, 8)).eval()
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, model, arch="unet_mobilenet_v3",
+                    model_kwargs={"alpha": 0.25, "decoder_channels": [32, 16, 16, 8, 8]},
+                    input_size=(96, 64), threshold=0.4, meta={"epoch": 3, "val": {"iou": 0.5}})
+    return model, path
+
+
+def test_round_trip_rebuilds_the_same_function(tiny):
+    model, path = tiny
+    loaded, info = load_checkpoint(path)
+    assert info["arch"] == "unet_mobilenet_v3" and info["input_size"] == [96, 64]
+    assert info["threshold"] == 0.4 and info["meta"]["val"]["iou"] == 0.5
+    x = torch.randn(2, 3, 50, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_checkpoint_loads_with_weights_only(tiny):
+    ckpt = torch.load(tiny[1], weights_only=True)
+    assert ckpt["format"] == "personseg-checkpoint"
+
+
+def test_half_precision_checkpoint(tmp_path, tiny):
+    model, _ = tiny
+    path = tmp_path / "half.pt"
+    save_checkpoint(path, model, arch="unet_mobilenet_v3",
+                    model_kwargs={"alpha": 0.25, "decoder_channels": [32, 16, 16, 8, 8]}, half=True)
+    assert read_checkpoint(path)["state_dict"]["head.weight"].dtype == torch.float16
+    loaded, _ = load_checkpoint(path)
+    assert loaded.head.weight.dtype == torch.float32
+
+
+def test_not_a_checkpoint_gets_a_clear_error(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        personseg.load(text)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="not a personseg checkpoint"):
+        personseg.load(plain)
+    with pytest.raises(CheckpointError, match="no such model file"):
+        personseg.load(tmp_path / "missing.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "personseg-checkpoint", "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        personseg.load(path)
+
+
+@pytest.mark.parametrize("refine", [True, False])
+def test_predictor_shape_and_range(tiny, refine):
+    seg = personseg.load(tiny[1], refine=refine)
+    assert seg.threshold == 0.4
+    rng = np.random.default_rng(0)
+    for shape in [(181, 317, 3), (64, 96, 3), (300, 120, 3)]:
+        alpha = seg.predict(rng.integers(0, 256, shape, dtype=np.uint8))
+        assert alpha.shape == shape[:2] and alpha.dtype == np.float32
+        assert 0 <= alpha.min() and alpha.max() <= 1
+    mask = seg.predict_mask(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+
+
+def test_batch_equals_single(tiny):
+    seg = personseg.load(tiny[1], refine=False)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(90, 160, 3), (120, 80, 3), (90, 160, 3)]]
+    batched = seg.predict_batch(images, batch_size=2)
+    for image, alpha in zip(images, batched):
+        np.testing.assert_allclose(alpha, seg.predict(image), atol=1e-5)
+
+
+def test_predictor_rejects_wrong_arrays(tiny):
+    seg = personseg.load(tiny[1])
+    with pytest.raises(ValueError, match="uint8"):
+        seg.predict(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        seg.predict(np.zeros((10, 10, 3), np.float32))
+
+
+def test_model_size_keeps_pixel_budget_and_aspect():
+    h, w = model_size(800, 600, (320, 180))
+    assert abs(h * w - 320 * 180) < 400 and abs(h / w - 800 / 600) < 0.01
+    assert model_size(1080, 1920, (320, 180)) == (180, 320)
