@@ -27,3 +27,19 @@ def pretrained_dir(data_dir) -> Path:
     if not path.is_dir():
         pytest.skip(f"no pretrained weights folder beside the data ({path})")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small UNet-MobileNetV2 checkpoint with random weights, for plumbing tests (CLI, I/O)."""
+    import torch
+
+    from personseg.checkpoint import save_checkpoint
+    from personseg.models import create_model
+
+    torch.manual_seed(0)
+    kwargs = {"alpha": 0.35}
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, create_model("unet_mobilenet_v2", **kwargs), arch="unet_mobilenet_v2",
+                    model_kwargs=kwargs, input_size=(160, 96))
+    return path

@@ -1,0 +1,147 @@
+"""Turn a photo and its person alpha into pictures: masks, cut-outs, overlays, new backgrounds.
+
+Every function takes `rgb` (H, W, 3) uint8 and/or `alpha` (H, W) float in [0, 1] and returns a uint8 array:
+(H, W) for masks, (H, W, 3) RGB or (H, W, 4) RGBA for pictures. Pure numpy/OpenCV, no torch.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from personseg.imageio import read_image
+
+COLORS = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "red": (255, 0, 0),
+    "gray": (128, 128, 128),
+    "grey": (128, 128, 128),
+}
+
+Background = str | tuple[int, int, int] | np.ndarray  # "blur", an RGB colour, or an (H, W, 3) image
+
+
+def mask(alpha: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, W) uint8: 255 where alpha >= threshold (person), else 0."""
+    return np.where(alpha >= threshold, 255, 0).astype(np.uint8)
+
+
+def soft_alpha(alpha: np.ndarray) -> np.ndarray:
+    """(H, W) uint8: alpha scaled to 0..255."""
+    return np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def cutout(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(H, W, 4) RGBA: the photo with the soft alpha as its transparency."""
+    return np.dstack([rgb, soft_alpha(alpha)])
+
+
+def overlay(
+    rgb: np.ndarray,
+    alpha: np.ndarray,
+    threshold: float,
+    color: tuple[int, int, int] = (0, 255, 0),
+    opacity: float = 0.5,
+) -> np.ndarray:
+    """(H, W, 3) RGB: the photo with the mask tinted in `color` and its outline drawn."""
+    binary = mask(alpha, threshold)
+    tint = (binary[..., None] / 255.0) * opacity
+    out = rgb * (1.0 - tint) + np.asarray(color, np.float64) * tint
+    out = np.round(out).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    thickness = max(1, round(min(rgb.shape[:2]) / 200))
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness, lineType=cv2.LINE_AA)
+    return out
+
+
+def compare(rgb: np.ndarray, alpha: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, 3W, 3) RGB: original | mask | cut-out on a checkerboard, side by side."""
+    binary = np.repeat(mask(alpha, threshold)[..., None], 3, axis=2)
+    on_checkerboard = replace_background(rgb, alpha, checkerboard(*rgb.shape[:2]))
+    return np.hstack([rgb, binary, on_checkerboard])
+
+
+def checkerboard(height: int, width: int, cell: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 light grey checkerboard, the usual picture of "transparent"."""
+    cell = cell or max(8, min(height, width) // 40)
+    rows, cols = np.indices((height, width)) // cell
+    light = ((rows + cols) % 2 == 0)[..., None]
+    return np.where(light, 255, 204).astype(np.uint8).repeat(3, axis=2)
+
+
+def replace_background(rgb: np.ndarray, alpha: np.ndarray, background: Background) -> np.ndarray:
+    """(H, W, 3) RGB: the person composited with the soft alpha onto `background`: an RGB colour, an image
+    (resized to cover and centre-cropped) or "blur" (the photo's own background, strongly blurred)."""
+    height, width = rgb.shape[:2]
+    if isinstance(background, str):
+        if background != "blur":
+            raise ValueError(f"background string must be 'blur', got {background!r}; use parse_background()")
+        back = blurred_background(rgb, alpha)
+    elif isinstance(background, np.ndarray):
+        back = cover(background, height, width).astype(np.float64)
+    else:
+        back = np.broadcast_to(np.asarray(background, np.float64), rgb.shape)
+    a = np.clip(alpha, 0.0, 1.0)[..., None]
+    return np.round(rgb * a + back * (1.0 - a)).astype(np.uint8)
+
+
+def cover(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize `image` (H, W, 3) to cover height x width, keeping its aspect ratio, and centre-crop."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    image = image[..., :3]
+    scale = max(height / image.shape[0], width / image.shape[1])
+    size = (max(width, round(image.shape[1] * scale)), max(height, round(image.shape[0] * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, size, interpolation=interpolation)
+    top, left = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
+    return resized[top : top + height, left : left + width]
+
+
+def blurred_background(rgb: np.ndarray, alpha: np.ndarray, work_size: int = 320) -> np.ndarray:
+    """(H, W, 3) float64: the photo blurred with the person left out, so they do not bleed into it.
+
+    Normalised convolution: blur(photo * weight) / blur(weight) with weight = 1 - alpha averages only
+    background pixels. Blurring happens at `work_size` pixels on the long side: a strong blur loses nothing
+    there, and it costs the same for any photo size.
+    """
+    height, width = rgb.shape[:2]
+    scale = min(1.0, work_size / max(height, width))
+    small = (max(1, round(width * scale)), max(1, round(height * scale)))
+    weight = cv2.resize((1.0 - np.clip(alpha, 0.0, 1.0)).astype(np.float32), small, interpolation=cv2.INTER_AREA)
+    photo = cv2.resize(rgb.astype(np.float32), small, interpolation=cv2.INTER_AREA)
+    sigma = max(small) / 40
+    blurred_weight = cv2.GaussianBlur(weight, (0, 0), sigma)
+    blurred = cv2.GaussianBlur(photo * weight[..., None], (0, 0), sigma)
+    plain = cv2.GaussianBlur(photo, (0, 0), sigma)
+    eps = 1e-3  # deep inside the person (covered by it anyway) fall back to a plain blur
+    denominator = np.maximum(blurred_weight, eps)[..., None]
+    back = np.where(blurred_weight[..., None] > eps, blurred / denominator, plain)
+    return cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float64)
+
+
+def parse_background(value: str) -> Background:
+    """"blur", "#RRGGBB", "R,G,B", a colour name (white, black, green, blue, red, gray) or an image path."""
+    text = value.strip()
+    if text.lower() == "blur":
+        return "blur"
+    if text.lower() in COLORS:
+        return COLORS[text.lower()]
+    if re.fullmatch(r"#[0-9a-fA-F]{6}", text):
+        return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))
+    if re.fullmatch(r"\s*\d+\s*,\s*\d+\s*,\s*\d+\s*", text):
+        color = tuple(int(c) for c in text.split(","))
+        if max(color) > 255:
+            raise ValueError(f"background {value!r}: each of R,G,B must be 0..255")
+        return color
+    if Path(text).is_file():
+        return read_image(text)
+    raise ValueError(
+        f"background {value!r} is not 'blur', a colour (#RRGGBB, R,G,B or one of {', '.join(COLORS)}) "
+        "or an existing image file"
+    )

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from personseg import render
+
+
+@pytest.fixture
+def photo():
+    """A 30x40 noisy photo and an alpha that is 1 in the middle, 0 around and 0.5 on one column."""
+    rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    alpha = np.zeros((30, 40), np.float32)
+    alpha[10:20, 10:30] = 1.0
+    alpha[:, 35] = 0.5
+    return rgb, alpha
+
+
+def test_masks(photo):
+    rgb, alpha = photo
+    binary = render.mask(alpha, 0.6)
+    assert binary.shape == (30, 40) and binary.dtype == np.uint8
+    assert set(np.unique(binary)) == {0, 255} and binary[15, 15] == 255 and binary[0, 35] == 0
+    soft = render.soft_alpha(alpha)
+    assert soft.dtype == np.uint8 and soft[15, 15] == 255 and soft[0, 35] == 128 and soft[0, 0] == 0
+
+
+def test_cutout_alpha_is_soft_alpha(photo):
+    rgb, alpha = photo
+    out = render.cutout(rgb, alpha)
+    assert out.shape == (30, 40, 4) and out.dtype == np.uint8
+    assert (out[..., :3] == rgb).all()
+    assert (out[..., 3] == render.soft_alpha(alpha)).all()
+
+
+def test_overlay_and_compare_shapes(photo):
+    rgb, alpha = photo
+    tinted = render.overlay(rgb, alpha, 0.5)
+    assert tinted.shape == rgb.shape and tinted.dtype == np.uint8
+    assert (tinted[0, 0] == rgb[0, 0]).all()  # far from the mask: untouched
+    side_by_side = render.compare(rgb, alpha, 0.5)
+    assert side_by_side.shape == (30, 120, 3) and side_by_side.dtype == np.uint8
+    assert (side_by_side[:, :40] == rgb).all()
+
+
+@pytest.mark.parametrize("background", [(0, 0, 255), "blur", "image"])
+def test_replace_background(photo, background):
+    rgb, alpha = photo
+    if background == "image":
+        background = np.full((10, 50, 3), (9, 8, 7), np.uint8)  # other aspect ratio: resized to cover
+    out = render.replace_background(rgb, alpha, background)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert (out[alpha == 1] == rgb[alpha == 1]).all()
+    if isinstance(background, tuple):
+        assert (out[alpha == 0] == background).all()
+    elif isinstance(background, np.ndarray):
+        assert (out[alpha == 0] == (9, 8, 7)).all()
+
+
+def test_blur_keeps_the_person_out_of_the_background():
+    rgb = np.zeros((60, 60, 3), np.uint8)
+    rgb[20:40, 20:40] = 255  # a white person on black
+    alpha = (rgb[..., 0] > 0).astype(np.float32)
+    back = render.blurred_background(rgb, alpha)
+    assert back.shape == (60, 60, 3)
+    assert back[alpha == 0].max() < 1.0  # a plain blur would spread the white well into the black
+
+
+def test_parse_background(tmp_path):
+    assert render.parse_background("blur") == "blur"
+    assert render.parse_background("White") == (255, 255, 255)
+    assert render.parse_background("#FF8000") == (255, 128, 0)
+    assert render.parse_background("0, 128,255") == (0, 128, 255)
+    path = tmp_path / "beach.png"
+    Image.new("RGB", (7, 5), (1, 2, 3)).save(path)
+    image = render.parse_background(str(path))
+    assert image.shape == (5, 7, 3) and tuple(image[0, 0]) == (1, 2, 3)
+
+
+@pytest.mark.parametrize("value", ["purple", "#12345", "1,2", "1,2,300", "no/such/file.jpg"])
+def test_parse_background_errors(value):
+    with pytest.raises(ValueError, match="background"):
+        render.parse_background(value)
