@@ -40,6 +40,7 @@ exit status: 0 every image done; 1 some images failed (each named on stderr, the
 
 examples:
   personseg segment photo.jpg -o out
+  personseg segment --example -o out          (a real photo that ships with scikit-image)
   personseg segment photos/ -o out --recursive --save mask,overlay
   personseg segment "shots/*.png" -o out --save background --background "#00b140"
   personseg segment photos/ -o out --save all --model runs/exp1/best.pt --device cuda --batch-size 16
@@ -74,8 +75,11 @@ def _positive_int(value: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="image files, folders (their jpg/jpeg/png/bmp/tif/tiff/webp/gif files) or glob patterns")
+    parser.add_argument("--example", action="store_true",
+                        help="also segment a real example photo (scikit-image's public-domain astronaut, "
+                             "written to OUTDIR/astronaut.png first)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                         help="folder for the outputs (created if missing)")
     parser.add_argument("--save", type=_save_kinds, action="append", metavar="KINDS",
@@ -122,6 +126,18 @@ def output_bases(inputs: list[Path]) -> dict[Path, Path]:
             for p, b in bases.items()}
 
 
+def write_example_photo(outdir: Path) -> Path:
+    """scikit-image's astronaut (Eileen Collins, NASA, public domain) as OUTDIR/astronaut.png."""
+    from skimage import data
+
+    from personseg.imageio import write_image_atomic
+
+    path = outdir / "astronaut.png"
+    if not path.exists():
+        write_image_atomic(path, data.astronaut())
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     import personseg
     from tqdm import tqdm
@@ -133,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"personseg segment: {message}", file=sys.stderr)
         return 2
 
+    if args.example:
+        args.inputs = [*args.inputs, str(write_example_photo(Path(args.output)))]
+    if not args.inputs:
+        return usage_error("give at least one INPUT (or --example)")
     kinds = list(dict.fromkeys(k for group in args.save or [DEFAULT_SAVE] for k in group))
     background = None
     if "background" in kinds:
