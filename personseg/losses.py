@@ -103,6 +103,10 @@ def boundary_loss(logits: Tensor, sdm: Tensor, valid: Tensor | None = None) -> T
     return (torch.sigmoid(logits) * sdm.to(logits.dtype) * v).sum() / v.sum().clamp_min(1.0)
 
 
+def _exact(dist: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.round(dist.astype(np.float64) ** 2)).astype(np.float32)
+
+
 def signed_distance_map(mask: np.ndarray) -> np.ndarray:
     """Signed Euclidean distance to the mask's boundary, (H, W) bool/uint8 -> (H, W) float32.
 
@@ -117,8 +121,10 @@ def signed_distance_map(mask: np.ndarray) -> np.ndarray:
         return out
     pos_u8 = pos.astype(np.uint8)
     # cv2.distanceTransform: distance of each nonzero pixel to the nearest zero pixel (exact with PRECISE).
-    dist_out = cv2.distanceTransform(1 - pos_u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    dist_in = cv2.distanceTransform(pos_u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # Its float32 output jitters by ~1e-5 between calls; squared distances are integers, so rounding
+    # them makes the map exact and repeatable (resumed runs must reproduce the same losses).
+    dist_out = _exact(cv2.distanceTransform(1 - pos_u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE))
+    dist_in = _exact(cv2.distanceTransform(pos_u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE))
     out[~pos] = dist_out[~pos]
     out[pos] = -(dist_in[pos] - 1)
     return out / np.float32(math.hypot(*pos.shape))

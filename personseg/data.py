@@ -1,0 +1,450 @@
+"""Datasets: every source turns into the same sample dict, ready for the training loop.
+
+    sample = dataset[i]  # or dataset[(i, seed)]: the sampler's way to vary augmentation per epoch
+    sample["image"]   (3, H, W) float, normalised with the ImageNet mean/std
+    sample["mask"]    (1, H, W) float, 1 = person
+    sample["valid"]   (1, H, W) float, 0 = ignored (padding, COCO crowd regions)
+    sample["sdm"]     (1, H, W) float signed distance map, only when `with_sdm` (boundary loss is on)
+    sample["name"], sample["source"]  str
+
+Validation split (fixed): the files of a folder are sorted by name and every 10th one (the 10th,
+20th, ... file: index % 10 == 9) is validation, never trained on. Composites apply the rule to the
+cut-outs and to the backgrounds; COCO applies it to the images sorted by file name.
+
+Augmentation is seeded per sample (from the dataset seed and the index, or the seed the sampler
+hands over), so a sample is the same whatever worker or rank draws it, and a resumed run sees the
+same data as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from personseg.augment import apply_augment, build_augment, letterbox
+from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from personseg.config import SourceConfig, TrainConfig, data_root
+from personseg.losses import signed_distance_map
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+VAL_EVERY = 10
+
+
+def split_items(items: list, split: str, val_every: int = VAL_EVERY) -> list:
+    """The split rule on an already sorted list: index % val_every == val_every - 1 is validation."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split={split!r}: use 'train' or 'val'")
+    return [x for i, x in enumerate(items) if (i % val_every == val_every - 1) == (split == "val")]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of `folder` sorted by name (hidden files such as .DS_Store skipped)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder; check data.root / $PERSONSEG_DATA and the source path")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; grayscale files are expanded to three channels."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f"{path}: cannot decode image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_gray(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise OSError(f"{path}: cannot decode image")
+    return img if img.ndim == 2 else img[..., 0]
+
+
+_mask_size_reports: dict[str, int] = {}
+
+
+def report_mask_sizes(mask_dir: Path, pairs: list[tuple[Path, Path]]) -> int:
+    """Count masks whose size differs from their image (headers only) and warn once per folder."""
+    key = str(mask_dir)
+    if key not in _mask_size_reports:
+        n = 0
+        for img, mask in pairs:
+            with Image.open(img) as a, Image.open(mask) as b:
+                n += a.size != b.size
+        _mask_size_reports[key] = n
+        if n:
+            warnings.warn(f"{mask_dir}: {n} of {len(pairs)} masks are not the size of their image; "
+                          "resizing them to the image (nearest neighbour)", stacklevel=2)
+    return _mask_size_reports[key]
+
+
+class SegDataset(Dataset):
+    """Base class: subclasses list their samples and implement `load(i, seed) -> dict` with uint8
+    arrays image (H, W, 3), mask (H, W) in {0, 1}, optionally valid / labels / alpha (H, W), and name.
+    This class augments (or letterboxes) them to `size` = (W, H) and makes the tensors."""
+
+    def __init__(self, source: str, size: tuple[int, int], augment: str = "none", seed: int = 0,
+                 with_sdm: bool = False):
+        self.source, self.size, self.seed, self.with_sdm = source, tuple(size), seed, with_sdm
+        self.augment = augment
+        self.pipeline = build_augment(augment, self.size) if augment != "none" else None
+
+    def load(self, i: int, seed: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, seed = key if isinstance(key, tuple) else (key, self.seed * 1_000_003 + key)
+        raw = self.load(i, seed)
+        mask = raw["mask"]
+        extra = {k: raw[k] for k in ("labels", "alpha") if k in raw}
+        masks = [raw.get("valid", np.ones_like(mask))] + list(extra.values())
+        if self.pipeline is not None:
+            out = apply_augment(self.pipeline, raw["image"], mask, masks, seed)
+            image, mask, masks = out["image"], out["mask"], out["masks"]
+        else:
+            image, mask, masks = letterbox(raw["image"], mask, masks, self.size)
+        sample = {"image": normalize(image), "mask": torch.from_numpy(mask[None].astype(np.float32)),
+                  "valid": torch.from_numpy(masks[0][None].astype(np.float32))}
+        for k, m in zip(extra, masks[1:]):
+            sample[k] = torch.from_numpy(m.astype(np.int64)) if k == "labels" else \
+                torch.from_numpy(m[None].astype(np.float32) / 255)
+        if self.with_sdm:
+            sample["sdm"] = torch.from_numpy(signed_distance_map(mask))[None]
+        sample["name"], sample["source"] = raw["name"], self.source
+        return sample
+
+
+def normalize(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float, ImageNet-normalised."""
+    # numpy, not torch: tiny torch ops in data-loader workers pay thread start-up costs
+    scale = np.float32(1 / 255) / np.array(IMAGENET_STD, np.float32)
+    shift = np.array(IMAGENET_MEAN, np.float32) / np.array(IMAGENET_STD, np.float32)
+    x = image.astype(np.float32) * scale - shift
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+class FolderPairs(SegDataset):
+    """`root/images/*` with `root/masks/<stem>.png` (0 = background, >127 = person).
+
+    Masks of another size are resized to their image (nearest), with one warning per folder.
+    Empty masks are valid samples (no person). If `root/split.csv` (name,split) exists, files not
+    marked `train` are never trained on (portraits: 51 rows marked `none`)."""
+
+    def __init__(self, root: str | Path, split: str = "train", size: tuple[int, int] = (320, 180),
+                 augment: str = "none", limit: int = 0, val_every: int = VAL_EVERY, seed: int = 0,
+                 with_sdm: bool = False, source: str | None = None, mask_dir: str = "masks"):
+        self.root = Path(root)
+        super().__init__(source or self.root.name, size, augment, seed, with_sdm)
+        masks = {p.stem: p for p in list_images(self.root / mask_dir)}
+        images = list_images(self.root / "images")
+        pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
+        if len(pairs) < len(images):
+            warnings.warn(f"{self.root}: {len(images) - len(pairs)} images have no mask in {mask_dir}/; skipped")
+        report_mask_sizes(self.root / mask_dir, pairs)
+        pairs = split_items(pairs, split, val_every)
+        split_csv = self.root / "split.csv"
+        if split == "train" and split_csv.is_file():
+            with open(split_csv, newline="") as f:
+                marked = {row["name"]: row["split"] for row in csv.DictReader(f)}
+            pairs = [pair for pair in pairs if marked.get(pair[0].stem, "train") == "train"]
+        self.pairs = pairs[:limit] if limit else pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, i: int, seed: int) -> dict[str, Any]:
+        img_path, mask_path = self.pairs[i]
+        image = read_rgb(img_path)
+        mask = (read_gray(mask_path) > 127).astype(np.uint8)
+        if mask.shape != image.shape[:2]:
+            mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+        return {"image": image, "mask": mask, "name": img_path.stem}
+
+
+class LabelMaps(SegDataset):
+    """Clothing Co-Parsing style: `root/images/*.jpg` + `root/labels/*.png` (uint8, 59 classes, 0 = null).
+    Person mask = label != 0. With `return_labels=True` the sample also holds `labels` (H, W) long:
+    the raw class ids, or with `part_classes` ({"hair": ["hair"], "skin": ["skin", "face"], ...};
+    names from label_names.txt or ids) 1..K in that order, K + 1 for other person pixels, 0 for null."""
+
+    def __init__(self, root: str | Path, split: str = "train", size: tuple[int, int] = (320, 180),
+                 augment: str = "none", limit: int = 0, val_every: int = VAL_EVERY, seed: int = 0,
+                 with_sdm: bool = False, source: str | None = None, return_labels: bool = False,
+                 part_classes: dict[str, list[int | str]] | None = None):
+        self.root = Path(root)
+        super().__init__(source or self.root.name, size, augment, seed, with_sdm)
+        labels = {p.stem: p for p in list_images(self.root / "labels")}
+        pairs = [(p, labels[p.stem]) for p in list_images(self.root / "images") if p.stem in labels]
+        pairs = split_items(pairs, split, val_every)
+        self.pairs = pairs[:limit] if limit else pairs
+        names_file = self.root / "label_names.txt"
+        self.label_names = [line.split(maxsplit=1)[1] for line in names_file.read_text().splitlines()
+                            if line.strip()] if names_file.is_file() else []
+        self.return_labels = return_labels or part_classes is not None
+        self.lut = None
+        if part_classes is not None:
+            lut = np.full(256, len(part_classes) + 1, np.uint8)
+            lut[0] = 0
+            for k, members in enumerate(part_classes.values(), start=1):
+                for m in members:
+                    lut[m if isinstance(m, int) else self.label_names.index(m)] = k
+            self.lut = lut
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, i: int, seed: int) -> dict[str, Any]:
+        img_path, label_path = self.pairs[i]
+        image = read_rgb(img_path)
+        labels = read_gray(label_path)
+        if labels.shape != image.shape[:2]:
+            labels = cv2.resize(labels, image.shape[1::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+        raw = {"image": image, "mask": (labels != 0).astype(np.uint8), "name": img_path.stem}
+        if self.return_labels:
+            raw["labels"] = labels if self.lut is None else self.lut[labels]
+        return raw
+
+
+class CocoPersons(SegDataset):
+    """COCO-format instances (pycocotools): mask = union of the `person` instance masks; `iscrowd`
+    regions not covered by an instance are ignored (valid = 0). Images are those with a person
+    annotation, sorted by file name for the split rule."""
+
+    def __init__(self, images_dir: str | Path, annotation_json: str | Path, split: str = "train",
+                 size: tuple[int, int] = (320, 180), augment: str = "none", limit: int = 0,
+                 val_every: int = VAL_EVERY, seed: int = 0, with_sdm: bool = False, source: str = "coco"):
+        from pycocotools.coco import COCO  # optional source: import only when used
+
+        super().__init__(source, size, augment, seed, with_sdm)
+        self.images_dir = Path(images_dir)
+        with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
+            self.coco = COCO(str(annotation_json))
+        self.cat_ids = self.coco.getCatIds(catNms=["person"])
+        ids = sorted(self.coco.getImgIds(catIds=self.cat_ids), key=lambda i: self.coco.imgs[i]["file_name"])
+        ids = split_items(ids, split, val_every)
+        self.ids = ids[:limit] if limit else ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int, seed: int) -> dict[str, Any]:
+        info = self.coco.imgs[self.ids[i]]
+        image = read_rgb(self.images_dir / info["file_name"])
+        h, w = image.shape[:2]
+        mask, crowd = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+        for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=info["id"], catIds=self.cat_ids, iscrowd=None)):
+            m = self.coco.annToMask(ann)
+            if m.shape != (h, w):
+                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+            (crowd if ann.get("iscrowd", 0) else mask)[m > 0] = 1
+        valid = 1 - (crowd & (1 - mask))
+        return {"image": image, "mask": mask, "valid": valid, "name": Path(info["file_name"]).stem}
+
+
+class Composites(SegDataset):
+    """Synthetic scenes: `min_people`..`max_people` RGBA cut-outs pasted onto a background at random
+    scale (person height as a fraction of the background height, `scale_range`) and position, larger
+    (nearer) people last. The cut-out's alpha edge is blurred with a small Gaussian; mask = composite
+    alpha > 0.5, and `return_alpha=True` adds the soft `alpha` target. Sample i is a function of
+    (seed, i) only. Length is virtual (`length` samples)."""
+
+    def __init__(self, foregrounds: str | Path, backgrounds: str | Path, length: int = 1000, min_people: int = 1,
+                 max_people: int = 4, scale_range: tuple[float, float] = (0.15, 0.9), split: str = "train",
+                 size: tuple[int, int] = (320, 180), augment: str = "strong", val_every: int = VAL_EVERY,
+                 seed: int = 0, with_sdm: bool = False, source: str = "composites", return_alpha: bool = False,
+                 edge_sigma: float = 0.7):
+        super().__init__(source, size, augment, seed, with_sdm)
+        self.foregrounds = split_items(list_images(Path(foregrounds)), split, val_every)
+        self.backgrounds = split_items(list_images(Path(backgrounds)), split, val_every)
+        self.length, self.min_people, self.max_people = length, min_people, max_people
+        self.scale_range, self.return_alpha, self.edge_sigma = scale_range, return_alpha, edge_sigma
+
+    def __len__(self) -> int:
+        return self.length
+
+    def render(self, seed: int) -> dict[str, Any]:
+        """dict(image (H, W, 3) uint8, alpha (H, W) float32 in [0, 1], layers: [(x, y, alpha patch)])."""
+        rng = np.random.default_rng(seed)
+        image = read_rgb(self.backgrounds[rng.integers(len(self.backgrounds))]).astype(np.float32)
+        H, W = image.shape[:2]
+        alpha = np.zeros((H, W), np.float32)
+        n = int(rng.integers(self.min_people, self.max_people + 1))
+        scales = np.sort(rng.uniform(*self.scale_range, size=n))  # far (small) people first
+        layers = []
+        for scale in scales:
+            rgba = cv2.imread(str(self.foregrounds[rng.integers(len(self.foregrounds))]), cv2.IMREAD_UNCHANGED)
+            fg = cv2.cvtColor(rgba, cv2.COLOR_BGRA2RGBA)
+            h = max(4, round(scale * H))
+            w = max(2, round(fg.shape[1] * h / fg.shape[0]))
+            fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA if h < fg.shape[0] else cv2.INTER_LINEAR)
+            if rng.random() < 0.5:
+                fg = fg[:, ::-1]
+            pad = 3  # room for the blurred edge
+            a = np.pad(fg[..., 3].astype(np.float32) / 255, pad)
+            a = cv2.GaussianBlur(a, (0, 0), self.edge_sigma)
+            rgb = np.pad(fg[..., :3].astype(np.float32), ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+            x = int(rng.integers(-w // 2, W - w // 2)) - pad
+            y = int(rng.integers(-h // 4, max(-h // 4 + 1, H - 3 * h // 4))) - pad
+            # paste the part that lands inside the background
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + a.shape[1], W), min(y + a.shape[0], H)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            pa, pr = a[y0 - y:y1 - y, x0 - x:x1 - x], rgb[y0 - y:y1 - y, x0 - x:x1 - x]
+            image[y0:y1, x0:x1] = pa[..., None] * pr + (1 - pa[..., None]) * image[y0:y1, x0:x1]
+            alpha[y0:y1, x0:x1] = pa + (1 - pa) * alpha[y0:y1, x0:x1]
+            layers.append((x, y, a))
+        return {"image": image.round().clip(0, 255).astype(np.uint8), "alpha": alpha, "layers": layers}
+
+    def load(self, i: int, seed: int) -> dict[str, Any]:
+        scene = self.render(seed)
+        raw = {"image": scene["image"], "mask": (scene["alpha"] > 0.5).astype(np.uint8), "name": f"composite_{i}"}
+        if self.return_alpha:
+            raw["alpha"] = (scene["alpha"] * 255).round().astype(np.uint8)
+        return raw
+
+
+class SyntheticClips(Dataset):
+    """Clips of `length` frames from still images by a smooth random affine motion (for video models).
+
+    Returns dict(frames (T, 3, H, W), masks (T, 1, H, W), valid (T, 1, H, W), name, source): the
+    still's sample moved from one random pose (shift up to `max_shift` of the size, rotation up to
+    `max_angle` degrees, zoom up to `max_zoom`) to another with a cosine ease; pixels that come from
+    outside the picture are invalid. Deterministic given (seed, index)."""
+
+    def __init__(self, dataset: Dataset, length: int = 8, seed: int = 0, max_shift: float = 0.1,
+                 max_angle: float = 8.0, max_zoom: float = 0.15):
+        self.dataset, self.length, self.seed = dataset, length, seed
+        self.max_shift, self.max_angle, self.max_zoom = max_shift, max_angle, max_zoom
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.dataset[i]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        limits = torch.tensor([self.max_shift, self.max_shift, math.radians(self.max_angle), self.max_zoom])
+        start, end = [(torch.rand(4, generator=g) * 2 - 1) * limits for _ in range(2)]
+        t = torch.linspace(0, 1, self.length)
+        ease = (1 - torch.cos(math.pi * t)) / 2
+        tx, ty, angle, zoom = (start + (end - start) * ease[:, None]).unbind(1)  # each (T,)
+        cos, sin = torch.cos(angle) / (1 + zoom), torch.sin(angle) / (1 + zoom)
+        H, W = s["image"].shape[-2:]
+        # output -> input pixel map in affine_grid's [-1, 1] coordinates: rotation corrected for the aspect
+        theta = torch.stack([torch.stack([cos, -sin * H / W, 2 * tx], 1),
+                             torch.stack([sin * W / H, cos, 2 * ty], 1)], 1)  # (T, 2, 3)
+        grid = F.affine_grid(theta, [self.length, 1, H, W], align_corners=False)
+
+        def warp(x: torch.Tensor, mode: str) -> torch.Tensor:
+            return F.grid_sample(x.expand(self.length, *x.shape), grid, mode=mode, padding_mode="zeros",
+                                 align_corners=False)
+
+        return {"frames": warp(s["image"], "bilinear"), "masks": warp(s["mask"], "nearest"),
+                "valid": warp(s["valid"], "nearest"), "name": s["name"], "source": s["source"]}
+
+
+class MixedDataset(Dataset):
+    """Training sources side by side; indexed by (source index, item index, seed) from `MixSampler`
+    (or by a flat int over the concatenation)."""
+
+    def __init__(self, datasets: list[SegDataset], weights: list[float]):
+        self.datasets, self.weights = datasets, weights
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def set_sdm(self, on: bool) -> None:
+        for d in self.datasets:
+            d.with_sdm = on
+
+    def __getitem__(self, key: int | tuple[int, int, int]) -> dict[str, Any]:
+        if isinstance(key, tuple):
+            src, i, seed = key
+            return self.datasets[src][(i, seed)]
+        for d in self.datasets:
+            if key < len(d):
+                return d[key]
+            key -= len(d)
+        raise IndexError("MixedDataset index out of range")
+
+
+class MixSampler(Sampler):
+    """Draws `num_samples` per epoch: the source by weight, the item from a per-source random
+    permutation (so every file is seen before any repeats), an augmentation seed; then keeps every
+    `world_size`-th draw from `rank` (like DistributedSampler, the same draws on every rank).
+
+    `set_epoch(epoch, skip)` picks the epoch's draws and skips this rank's first `skip` (resuming)."""
+
+    def __init__(self, sizes: list[int], weights: list[float], num_samples: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.sizes, self.weights, self.seed = sizes, torch.tensor(weights, dtype=torch.float64), seed
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = math.ceil(num_samples / world_size)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        total = self.per_rank * self.world_size
+        sources = torch.multinomial(self.weights, total, replacement=True, generator=g).tolist()
+        perms = [torch.randperm(n, generator=g).tolist() for n in self.sizes]
+        seeds = torch.randint(2**31 - 1, (total,), generator=g).tolist()
+        counts = [0] * len(self.sizes)
+        draws = []
+        for src, seed in zip(sources, seeds):
+            draws.append((src, perms[src][counts[src] % self.sizes[src]], seed))
+            counts[src] += 1
+        return iter(draws[self.rank::self.world_size][self.skip:])
+
+
+def build_source(src: SourceConfig, cfg: TrainConfig, split: str) -> SegDataset:
+    """One configured source for `split`; validation is never augmented."""
+    path = Path(src.path)
+    path = path if path.is_absolute() else data_root(cfg) / path
+    augment = src.augment if split == "train" else "none"
+    limit = src.limit if split == "train" else (cfg.data.val_limit or src.limit)
+    common = dict(split=split, size=cfg.data.input_size, augment=augment, val_every=cfg.data.val_every,
+                  seed=cfg.seed, source=src.name)
+    if src.kind == "folder":
+        return FolderPairs(path, limit=limit, **common)
+    if src.kind == "labelmaps":
+        return LabelMaps(path, limit=limit, **common)
+    if src.kind == "coco":
+        return CocoPersons(path / "images" if (path / "images").is_dir() else path,
+                           path / (src.annotations or "annotations.json"), limit=limit, **common)
+    if src.kind == "composites":
+        length = src.length if split == "train" else max(1, src.length // cfg.data.val_every)
+        return Composites(path / "foregrounds", path / "backgrounds", length=limit or length, **common)
+    raise ValueError(f"source {src.name}: unknown kind {src.kind!r}")
+
+
+def build_train_dataset(cfg: TrainConfig) -> MixedDataset:
+    """The training mix of every source with weight > 0."""
+    sources = [s for s in cfg.data.sources if s.weight > 0]
+    if not sources:
+        raise ValueError("data.sources: no source with weight > 0 to train on")
+    return MixedDataset([build_source(s, cfg, "train") for s in sources], [s.weight for s in sources])
+
+
+def build_train_sampler(dataset: MixedDataset, cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> MixSampler:
+    num = cfg.data.samples_per_epoch or len(dataset)
+    return MixSampler([len(d) for d in dataset.datasets], dataset.weights, num, cfg.seed, rank, world_size)
+
+
+def build_val_datasets(cfg: TrainConfig) -> dict[str, SegDataset]:
+    """One validation dataset per source (weight 0 sources included), by source name."""
+    return {s.name: build_source(s, cfg, "val") for s in cfg.data.sources}

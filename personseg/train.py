@@ -1,0 +1,366 @@
+"""`personseg train CONFIG.yaml --out RUNDIR [--set key=value ...] [--resume]`
+
+One process, or many under torchrun (`torchrun --nproc_per_node=2 -m personseg train ...`): the
+torchrun environment variables switch on DistributedDataParallel (gloo on CPU, nccl on GPU). Rank 0
+alone writes: RUNDIR/config.yaml, log.jsonl (training losses), metrics.jsonl (one line per
+evaluation), tb/ (TensorBoard), last.pt (everything needed to resume) and best.pt (best pooled
+validation IoU). `--resume` continues from last.pt exactly: same data, same loss curve.
+
+The seed schedule (`schedule.scheduler: plateau`): when pooled validation IoU has not improved for
+`schedule.patience` evaluations, lr drops to `schedule.lr_after_plateau` and the boundary loss
+enters, its weight growing by `loss.boundary_step` at the end of every epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD, read_checkpoint, save_checkpoint
+from personseg.config import TrainConfig, load_config, to_dict
+from personseg.data import build_train_dataset, build_train_sampler, build_val_datasets
+from personseg.losses import SegLoss
+from personseg.metrics import BinaryMetrics
+from personseg.models import create_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML recipe: overrides of personseg.config.TrainConfig (see configs/)")
+    parser.add_argument("--out", required=True, help="run folder for checkpoints and logs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value last, e.g. --set optim.lr=3e-4 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUNDIR/last.pt")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        print(f"personseg train: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    train(cfg, args.out, resume=args.resume)
+    return 0
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
+    """Train per `cfg`, writing into `out_dir`; returns {"model": unwrapped model, "metrics": last evaluation}."""
+    # processes: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if world > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    master, out = rank == 0, Path(out_dir)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    # data: every rank draws the same mix and keeps its share; validation shards are disjoint
+    train_set = build_train_dataset(cfg)
+    sampler = build_train_sampler(train_set, cfg, rank, world)
+    batch, accum = cfg.optim.batch_size, cfg.optim.grad_accum
+    loader_args = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(train_set, batch, sampler=sampler, drop_last=True, **loader_args,
+                        generator=torch.Generator().manual_seed(cfg.seed))  # leaves the global RNG alone
+    val_loaders = {name: DataLoader(ds, batch, sampler=range(rank, len(ds), world), **loader_args,
+                                    persistent_workers=cfg.data.num_workers > 0)
+                   for name, ds in build_val_datasets(cfg).items()}
+    steps_per_epoch = sampler.per_rank // batch // accum
+    if steps_per_epoch == 0:
+        raise ValueError(f"an epoch of {sampler.per_rank} samples per rank is less than one optimizer step "
+                         f"(batch {batch} x grad_accum {accum}); raise data.samples_per_epoch or lower them")
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    # model, optimizer, loss; `state` is everything else a resumed run needs
+    torch.manual_seed(cfg.seed)  # the same initial weights for any number of ranks
+    model = create_model(cfg.model.name, **cfg.model.kwargs).to(device, memory_format=memory_format)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    criterion = SegLoss(cfg.loss.bce_weight, cfg.loss.region_weight, cfg.loss.region)
+    state = {"step": 0, "best_iou": -1.0, "bad_evals": 0, "plateaued": False, "lr_scale": 1.0,
+             "boundary_weight": cfg.loss.boundary_weight, "best_saved_iou": -1.0}
+    seed_everything(cfg.seed + rank)
+    if resume:
+        state = load_training_state(out / "last.pt", model, optimizer, scaler, rank, master)
+    raw_model = model
+    if world > 1:
+        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    writer = None
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(out / "tb", purge_step=state["step"] or None)
+    pbar = tqdm(total=total_steps, initial=state["step"], disable=not master, desc="train", dynamic_ncols=True)
+    metrics, t0 = {}, time.time()
+
+    while state["step"] < total_steps:
+        epoch = state["step"] // steps_per_epoch
+        sampler.set_epoch(epoch, skip=(state["step"] % steps_per_epoch) * accum * batch)
+        train_set.set_sdm(state["boundary_weight"] > 0)  # workers start per epoch and see this
+        criterion.boundary_weight = state["boundary_weight"]
+        batches = iter(loader)
+        for _ in range(state["step"] % steps_per_epoch, steps_per_epoch):
+            lr = lr_at(cfg, state, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            parts_sum: dict[str, float] = {}
+            for micro in range(accum):
+                b = next(batches)
+                x = b["image"].to(device, non_blocking=True, memory_format=memory_format)
+                target, valid = b["mask"].to(device), b["valid"].to(device)
+                sdm = b["sdm"].to(device) if "sdm" in b else None
+                sync = micro == accum - 1 or world == 1  # all-reduce gradients on the last micro-step only
+                with nullcontext() if sync else model.no_sync():
+                    with autocast():
+                        logits = model(x)
+                    loss, parts = criterion(logits.float(), target, valid, sdm)
+                    scaler.scale(loss / accum).backward()
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v / accum
+            if cfg.optim.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            step, end_of_epoch = state["step"], state["step"] % steps_per_epoch == 0
+
+            if step % cfg.log_every == 0 or step == total_steps:
+                parts_sum = mean_over_ranks(parts_sum, device) if world > 1 else parts_sum
+                pbar.set_postfix(loss=f"{parts_sum['total']:.4f}", lr=f"{lr:.2e}")
+                if master:
+                    log_losses(out, writer, parts_sum, step=step, epoch=epoch, lr=lr,
+                               boundary_weight=criterion.boundary_weight, time=round(time.time() - t0, 2))
+            pbar.update(1)
+
+            scheduled = (step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
+            evaluate_now = scheduled or step == total_steps
+            if evaluate_now:
+                if world > 1:  # BatchNorm statistics drift apart across ranks: evaluate (and save) rank 0's
+                    for buffer in raw_model.buffers():
+                        dist.broadcast(buffer, 0)
+                metrics = evaluate(raw_model, val_loaders, device, autocast, memory_format)
+                iou = metrics["pooled"]["iou"]
+                if scheduled and update_schedule(state, iou, cfg) and master:  # an extra final eval does not count
+                    tqdm.write(f"step {step}: val IoU plateaued at {state['best_iou']:.4f}, boundary loss on, lr down")
+            if end_of_epoch and state["plateaued"]:
+                state["boundary_weight"] = min(state["boundary_weight"] + cfg.loss.boundary_step, cfg.loss.boundary_max)
+            if evaluate_now:
+                improved = iou > state["best_saved_iou"]
+                state["best_saved_iou"] = max(iou, state["best_saved_iou"])
+                rng = gather_rng_states(world)  # a collective: every rank calls it
+                if master:
+                    meta = {"config": to_dict(cfg), "step": step, "epoch": epoch, "metrics": metrics}
+                    extra = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                             "state": dict(state), "rng": rng, "world_size": world}
+                    save_checkpoints(out, raw_model, cfg, meta, extra, best=improved)
+                    append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, "lr": lr, **{
+                        k: state[k] for k in ("boundary_weight", "plateaued", "bad_evals")}, "metrics": metrics})
+                    log_eval(writer, raw_model, val_loaders, metrics, device, memory_format, step)
+            if step >= total_steps:
+                break
+
+    pbar.close()
+    if writer:
+        writer.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return {"model": raw_model, "metrics": metrics}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loaders: dict[str, DataLoader], device: torch.device = torch.device("cpu"),
+             autocast=nullcontext, memory_format=torch.contiguous_format) -> dict[str, dict[str, float]]:
+    """{source: BinaryMetrics.compute(), ..., "pooled": all sources' pixels together}; counts are
+    summed over ranks (every rank must call this), so any sharding gives the single-process numbers."""
+    model.eval()
+    results, pooled = {}, BinaryMetrics()
+    for name, loader in loaders.items():
+        metrics = BinaryMetrics()
+        for b in loader:
+            with autocast():
+                logits = model(b["image"].to(device, memory_format=memory_format))
+            metrics.update(torch.sigmoid(logits.float()), b["mask"].to(device), b["valid"].to(device) > 0)
+        metrics.reduce_()
+        results[name] = metrics.compute()
+        pooled.merge(metrics)
+    results["pooled"] = pooled.compute()
+    return results
+
+
+def update_schedule(state: dict, iou: float, cfg: TrainConfig) -> bool:
+    """Plateau detector on pooled validation IoU: after `patience` evaluations without improvement the
+    boundary loss is switched on (and reduce_on_plateau scales lr by `factor`, again at every plateau).
+    Returns True at the first plateau."""
+    if iou > state["best_iou"] + cfg.schedule.min_delta:
+        state["best_iou"], state["bad_evals"] = iou, 0
+        return False
+    state["bad_evals"] += 1
+    if state["bad_evals"] < cfg.schedule.patience:
+        return False
+    first = not state["plateaued"]
+    state["plateaued"] = True
+    if cfg.schedule.scheduler == "reduce_on_plateau":
+        state["lr_scale"] *= cfg.schedule.factor
+        state["bad_evals"] = 0
+    return first
+
+
+def lr_at(cfg: TrainConfig, state: dict, total_steps: int) -> float:
+    s, step = cfg.schedule, state["step"]
+    if s.scheduler == "cosine":
+        lr = s.min_lr + (cfg.optim.lr - s.min_lr) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    elif s.scheduler == "plateau":
+        lr = s.lr_after_plateau if state["plateaued"] else cfg.optim.lr
+    else:  # reduce_on_plateau
+        lr = max(cfg.optim.lr * state["lr_scale"], s.min_lr)
+    if step < cfg.optim.warmup_steps:
+        lr *= (step + 1) / cfg.optim.warmup_steps
+    return lr
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 on GPUs that support it, else fp16 (with GradScaler); off on CPU, where bf16
+    autocast is not reliably faster. bf16 on CPU is allowed when asked for."""
+    if amp == "off" or (amp == "auto" and device.type == "cpu"):
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        if device.type == "cpu":
+            raise ValueError("amp=fp16 needs a GPU; use amp=bf16 or amp=off on CPU")
+        return torch.float16
+    return torch.bfloat16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as tensors, lists and numbers (torch.load weights_only safe)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def gather_rng_states(world: int) -> list[dict]:
+    """Every rank's RNG state, in rank order (for rank 0 to save)."""
+    if world == 1:
+        return [rng_state()]
+    states = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def load_training_state(path: Path, model, optimizer, scaler, rank: int, master: bool) -> dict:
+    """Restore weights, optimizer, scaler and RNG from last.pt; drop log lines past its step."""
+    ckpt = read_checkpoint(path)
+    if "extra" not in ckpt:
+        raise ValueError(f"{path}: has no training state to resume from (was it written by `personseg train`?)")
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["extra"]["optimizer"])
+    scaler.load_state_dict(ckpt["extra"]["scaler"])
+    rngs = ckpt["extra"]["rng"]
+    set_rng_state(rngs[rank % len(rngs)])
+    state = dict(ckpt["extra"]["state"])
+    if master:  # a killed run may have logged past its last checkpoint
+        for name in ("log.jsonl", "metrics.jsonl"):
+            if (path.parent / name).is_file():
+                lines = (path.parent / name).read_text().splitlines()
+                kept = [line for line in lines if json.loads(line)["step"] <= state["step"]]
+                (path.parent / name).write_text("".join(line + "\n" for line in kept))
+        tqdm.write(f"resuming {path} at step {state['step']}")
+    return state
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    names = sorted(values)
+    t = torch.tensor([values[k] for k in names], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: v / dist.get_world_size() for k, v in zip(names, t.tolist())}
+
+
+def save_checkpoints(out: Path, model, cfg: TrainConfig, meta: dict, extra: dict, best: bool) -> None:
+    """last.pt with the training state for --resume; best.pt (weights and description only) when `best`."""
+    ckpt = dict(arch=cfg.model.name, model_kwargs=cfg.model.kwargs, input_size=cfg.data.input_size,
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, meta=meta)
+    if best:
+        save_checkpoint(out / "best.pt", model, **ckpt)
+    save_checkpoint(out / "last.pt", model, **ckpt, extra=extra)
+
+
+def log_losses(out: Path, writer, parts: dict[str, float], **fields) -> None:
+    """One log.jsonl line (loss = the total, then its parts) and the TensorBoard scalars."""
+    record = {**fields, "loss": parts["total"], **{k: v for k, v in parts.items() if k != "total"}}
+    append_jsonl(out / "log.jsonl", record)
+    if writer:
+        for k, v in parts.items():
+            writer.add_scalar(f"train/{k}", v, fields["step"])
+        writer.add_scalar("train/lr", fields["lr"], fields["step"])
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+@torch.no_grad()
+def log_eval(writer, model, loaders: dict[str, DataLoader], metrics: dict, device, memory_format, step: int) -> None:
+    """Print the IoUs; to TensorBoard, validation metrics per source and a grid of image | truth |
+    prediction for each source's first samples."""
+    tqdm.write(f"step {step} val iou " + " ".join(f"{name}={m['iou']:.4f}" for name, m in metrics.items()))
+    if writer is None:
+        return
+    for source, values in metrics.items():
+        for k, v in values.items():
+            writer.add_scalar(f"val_{source}/{k}", v, step)
+    model.eval()
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    for source, loader in loaders.items():
+        samples = [loader.dataset[i] for i in range(min(4, len(loader.dataset)))]
+        if not samples:
+            continue
+        x = torch.stack([s["image"] for s in samples])
+        prob = torch.sigmoid(model(x.to(device, memory_format=memory_format)).float()).cpu()
+        rows = [torch.cat([(img * std + mean).clamp(0, 1), s["mask"].expand(3, -1, -1), p.expand(3, -1, -1)], 2)
+                for img, s, p in zip(x, samples, prob)]
+        writer.add_image(f"val_{source}/image_truth_prediction", torch.cat(rows, 1), step)

@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from personseg.config import SourceConfig, TrainConfig, load_config, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_yaml(tmp_path, data) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_are_the_seed_recipe():
+    cfg = TrainConfig()
+    assert cfg.model.name == "unet_mobilenet_v2"
+    assert cfg.data.input_size == (320, 180)
+    assert (cfg.optim.batch_size, cfg.optim.grad_accum) == (12, 8)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (1e-3, 1e-4)
+    assert (cfg.loss.bce_weight, cfg.loss.region_weight, cfg.loss.region) == (0.6, 0.4, "tversky")
+    assert (cfg.schedule.scheduler, cfg.schedule.lr_after_plateau, cfg.loss.boundary_step) == ("plateau", 3e-4, 0.01)
+    assert cfg.channels_last and cfg.data.val_every == 10
+    assert [s.name for s in cfg.data.sources] == ["portraits", "ccp", "hsd", "composites"]
+
+
+def test_yaml_then_set_overrides_win_last(tmp_path):
+    path = write_yaml(tmp_path, {"optim": {"lr": 0.01, "batch_size": 4}, "data": {"input_size": [160, 90]},
+                                 "model": {"kwargs": {"alpha": 0.35}}, "amp": "bf16"})
+    cfg = load_config(path, ["optim.lr=3e-4", "model.kwargs.width=8", "data.sources.1.weight=2",
+                             "amp=off", "epochs=3", "schedule.patience=2"])
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.batch_size == 4
+    assert cfg.data.input_size == (160, 90)  # a YAML list becomes the typed tuple
+    assert cfg.model.kwargs == {"alpha": 0.35, "width": 8}
+    assert cfg.data.sources[1].weight == 2.0 and isinstance(cfg.data.sources[1].weight, float)
+    assert cfg.amp == "off"  # YAML 1.1 reads a bare `off` as False; a str field takes it back
+    assert (cfg.epochs, cfg.schedule.patience) == (3, 2)
+
+
+def test_yaml_sources_list_replaces_the_default(tmp_path):
+    path = write_yaml(tmp_path, {"data": {"sources": [{"name": "p", "path": "portraits", "limit": 5}]}})
+    cfg = load_config(path)
+    assert cfg.data.sources == [SourceConfig(name="p", path="portraits", limit=5)]
+
+
+@pytest.mark.parametrize("where", ["yaml", "set"])
+def test_unknown_key_lists_the_valid_ones(tmp_path, where):
+    if where == "yaml":
+        args = (write_yaml(tmp_path, {"optim": {"lrr": 1}}), [])
+    else:
+        args = (None, ["optim.lrr=1"])
+    with pytest.raises(KeyError) as e:
+        load_config(*args)
+    message = str(e.value)
+    assert "optim.lrr" in message and "lr" in message and "weight_decay" in message and "grad_accum" in message
+
+
+def test_bad_values_are_refused():
+    with pytest.raises(TypeError, match="optim.batch_size"):
+        load_config(None, ["optim.batch_size=abc"])
+    with pytest.raises(ValueError, match="amp"):
+        load_config(None, ["amp=fp8"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(KeyError, match="index"):
+        load_config(None, ["data.sources.9.weight=1"])
+    with pytest.raises(KeyError, match="valid keys"):
+        load_config(None, ["data.sources.0.colour=1"])
+
+
+def test_cli_reports_config_errors_without_a_traceback(capsys):
+    from personseg.cli import main
+
+    assert main(["train", str(REPO / "configs" / "smoke.yaml"), "--out", "unused", "--set", "optim.lrr=1"]) == 2
+    assert "unknown config key 'optim.lrr'; valid keys under optim: lr," in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "default.yaml"])
+def test_shipped_recipes_load(name):
+    cfg = load_config(REPO / "configs" / name)
+    assert yaml.safe_load(yaml.safe_dump(to_dict(cfg)))["model"]["name"] == cfg.model.name

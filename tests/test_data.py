@@ -1,0 +1,229 @@
+import csv
+import json
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from personseg import data
+from personseg.config import load_config
+from personseg.data import (Composites, CocoPersons, FolderPairs, LabelMaps, MixSampler, SyntheticClips,
+                            build_train_dataset, build_train_sampler, build_val_datasets, split_items)
+
+SIZE = (160, 96)
+
+
+def check_sample(s, size=SIZE):
+    W, H = size
+    assert s["image"].shape == (3, H, W) and s["image"].dtype == torch.float32
+    assert s["mask"].shape == s["valid"].shape == (1, H, W)
+    assert set(s["mask"].unique().tolist()) <= {0.0, 1.0} and set(s["valid"].unique().tolist()) <= {0.0, 1.0}
+    assert -3 < s["image"].min() and s["image"].max() < 3  # normalised
+    assert isinstance(s["name"], str) and isinstance(s["source"], str)
+
+
+def test_split_rule_every_tenth_file_is_validation():
+    items = [f"{i:03d}" for i in range(25)]
+    val, train = split_items(items, "val"), split_items(items, "train")
+    assert val == ["009", "019"] and sorted(train + val) == items
+
+
+def test_portraits_respect_split_csv(data_dir):
+    root = data_dir / "portraits"
+    with open(root / "split.csv", newline="") as f:
+        not_train = {row["name"] for row in csv.DictReader(f) if row["split"] != "train"}
+    train, val = FolderPairs(root, "train", SIZE), FolderPairs(root, "val", SIZE)
+    train_stems, val_stems = {p.stem for p, _ in train.pairs}, {p.stem for p, _ in val.pairs}
+    assert not_train and not (train_stems & not_train) and not (train_stems & val_stems)
+    all_stems = [p.stem for p in data.list_images(root / "images")]
+    assert [p.stem for p, _ in val.pairs] == all_stems[9::10]
+    check_sample(val[0])
+    s = FolderPairs(root, "train", SIZE, augment="mild")[(3, 123)]
+    check_sample(s)
+    assert s["source"] == "portraits"
+
+
+def test_hsd_masks_of_another_size_are_resized_and_reported_once(data_dir):
+    root = data_dir / "hsd"
+    images = data.list_images(root / "images")
+    sizes = [(Image.open(p).size, Image.open(root / "masks" / f"{p.stem}.png").size) for p in images]
+    mismatched = sum(a != b for a, b in sizes)
+    assert mismatched > 0
+    data._mask_size_reports.pop(str(root / "masks"), None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train = FolderPairs(root, "train", SIZE, limit=4)
+        FolderPairs(root, "val", SIZE)
+    reports = [str(w.message) for w in caught if "not the size of their image" in str(w.message)]
+    assert reports == [f"{root / 'masks'}: {mismatched} of {len(images)} masks are not the size of their image; "
+                       "resizing them to the image (nearest neighbour)"]
+    index = next(i for i, (p, _) in enumerate(train.pairs) if Image.open(p).size != Image.open(
+        root / "masks" / f"{p.stem}.png").size)
+    raw = train.load(index, 0)
+    assert raw["mask"].shape == raw["image"].shape[:2]
+    check_sample(train[index])
+
+
+def test_ccp_label_maps_give_the_person_mask_and_parts(data_dir):
+    root = data_dir / "ccp"
+    ds = LabelMaps(root, "val", SIZE, return_labels=True, limit=3)
+    for i in range(len(ds)):
+        s = ds[i]
+        check_sample(s)
+        assert s["labels"].dtype == torch.int64 and s["labels"].shape == SIZE[::-1]
+        assert torch.equal(s["mask"][0] > 0, s["labels"] != 0)
+    assert len(ds.label_names) == 59 and ds.label_names[19] == "hair"
+    parts = LabelMaps(root, "val", SIZE, part_classes={"hair": ["hair"], "skin": ["skin", 41]}, limit=3)
+    raw = LabelMaps(root, "val", SIZE, return_labels=True, limit=3).load(0, 0)["labels"]
+    mapped = parts.load(0, 0)["labels"]
+    assert ((raw == 19) == (mapped == 1)).all() and ((raw == 41) == (mapped == 2)).all()
+    assert ((raw == 0) == (mapped == 0)).all() and (mapped[(raw != 0) & (raw != 19) & (raw != 41)] == 3).all()
+
+
+def test_ccp_empty_mask_is_a_valid_sample(data_dir):
+    root = data_dir / "ccp"
+    for split in ("train", "val"):
+        ds = LabelMaps(root, split, SIZE)
+        names = [p.stem for p, _ in ds.pairs]
+        if "0536" in names:
+            s = ds[names.index("0536")]
+            check_sample(s)
+            assert s["mask"].sum() == 0 and s["valid"].sum() > 0
+            return
+    pytest.fail("ccp/0536 (the empty mask) not found")
+
+
+def write_coco(tmp_path):
+    """Two images: the first with a person polygon and a crowd RLE, the second with a person and a dog."""
+    from pycocotools import mask as mask_utils
+
+    h, w = 60, 80
+    (tmp_path / "images").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        cv2.imwrite(str(tmp_path / "images" / name), np.full((h, w, 3), 128, np.uint8))
+    crowd = np.zeros((h, w), np.uint8)
+    crowd[30:60, 40:80] = 1  # overlaps the person of image a at [30:50, 40:50]
+    rle = mask_utils.encode(np.asfortranarray(crowd))
+    rle["counts"] = rle["counts"].decode()
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w},
+                   {"id": 2, "file_name": "b.jpg", "height": h, "width": w}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 1200, "bbox": [10, 10, 40, 40],
+             "segmentation": [[10, 10, 50, 10, 50, 50, 10, 50]]},
+            {"id": 2, "image_id": 1, "category_id": 1, "iscrowd": 1, "area": 1200, "bbox": [40, 30, 40, 30],
+             "segmentation": rle},
+            {"id": 3, "image_id": 2, "category_id": 1, "iscrowd": 0, "area": 100, "bbox": [0, 0, 10, 10],
+             "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]},
+            {"id": 4, "image_id": 2, "category_id": 18, "iscrowd": 0, "area": 400, "bbox": [50, 30, 20, 20],
+             "segmentation": [[50, 30, 70, 30, 70, 50, 50, 50]]},
+        ],
+    }
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    return tmp_path
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on numpy 2
+def test_coco_persons_union_and_crowd_ignored(tmp_path):
+    root = write_coco(tmp_path)
+    ds = CocoPersons(root / "images", root / "instances.json", "train", size=(80, 60))
+    assert len(ds) == 2 and len(CocoPersons(root / "images", root / "instances.json", "val", size=(80, 60))) == 0
+    a, b = ds[0], ds[1]
+    check_sample(a, (80, 60))
+    mask, valid = a["mask"][0], a["valid"][0]
+    assert mask[20, 20] == 1 and mask[5, 5] == 0 and valid[20, 20] == 1
+    assert valid[55, 70] == 0 and mask[55, 70] == 0  # crowd: ignored, not background
+    assert valid[40, 45] == 1 and mask[40, 45] == 1  # a person instance inside the crowd box stays person
+    assert valid[5, 70] == 1  # plain background
+    assert b["valid"].all() and b["mask"][0, 5, 5] == 1 and b["mask"][0, 40, 60] == 0  # the dog is background
+
+
+@pytest.fixture(scope="module")
+def composites(data_dir):
+    root = data_dir / "composites"
+    return Composites(root / "foregrounds", root / "backgrounds", length=20, size=SIZE, augment="none",
+                      return_alpha=True)
+
+
+def test_composite_mask_is_thresholded_alpha_where_cutouts_landed(composites):
+    composites.min_people = composites.max_people = 1
+    try:
+        scene = composites.render(seed=5)
+    finally:
+        composites.min_people, composites.max_people = 1, 4
+    (x, y, patch), = scene["layers"]
+    alpha = scene["alpha"]
+    H, W = alpha.shape
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + patch.shape[1], W), min(y + patch.shape[0], H)
+    assert np.array_equal(alpha[y0:y1, x0:x1], patch[y0 - y:y1 - y, x0 - x:x1 - x])
+    outside = np.ones_like(alpha, bool)
+    outside[y0:y1, x0:x1] = False
+    assert (alpha[outside] == 0).all() and alpha.max() > 0.9
+    assert 0 < ((alpha > 0) & (alpha < 1)).sum()  # the blurred, soft edge
+
+
+def test_composite_samples_are_deterministic_and_consistent(composites):
+    for seed in (1, 2, 3):
+        scene = composites.render(seed)
+        for x, y, patch in scene["layers"]:  # the union of alphas covers every pasted cut-out
+            H, W = scene["alpha"].shape
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + patch.shape[1], W), min(y + patch.shape[0], H)
+            assert (scene["alpha"][y0:y1, x0:x1] >= patch[y0 - y:y1 - y, x0 - x:x1 - x] - 1e-6).all()
+    a, b, c = composites[(3, 77)], composites[(3, 77)], composites[(3, 78)]
+    check_sample(a)
+    assert torch.equal(a["image"], b["image"]) and not torch.equal(a["image"], c["image"])
+    assert torch.equal(a["mask"] > 0, a["alpha"] > 0.5)
+
+
+def test_synthetic_clips_move_smoothly(data_dir):
+    still = FolderPairs(data_dir / "portraits", "val", SIZE, limit=2)
+    clips = SyntheticClips(still, length=5, seed=1)
+    c = clips[0]
+    assert c["frames"].shape == (5, 3, SIZE[1], SIZE[0]) and c["masks"].shape == (5, 1, SIZE[1], SIZE[0])
+    assert set(c["masks"].unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(clips[0]["frames"], c["frames"])
+    steps = (c["frames"][1:] - c["frames"][:-1]).abs().mean((1, 2, 3))
+    assert (steps > 0).all()  # it moves every frame
+    area = c["masks"].mean((1, 2, 3))
+    assert (area[1:] - area[:-1]).abs().max() < 0.05  # smoothly
+
+
+def test_mix_sampler_shards_ranks_and_follows_weights():
+    sizes, weights = [5, 7, 3], [1.0, 1.0, 2.0]
+    single = list(MixSampler(sizes, weights, 40, seed=3))
+    ranks = [list(MixSampler(sizes, weights, 40, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+    s = MixSampler(sizes, weights, 40, seed=3)
+    s.set_epoch(0, skip=7)
+    assert list(s) == single[7:] and len(s) == 33
+    s.set_epoch(1)
+    assert list(s) != single
+    big = list(MixSampler(sizes, weights, 4000, seed=0))
+    share = np.bincount([src for src, _, _ in big]) / len(big)
+    assert np.allclose(share, [0.25, 0.25, 0.5], atol=0.03)
+    first = [i for src, i, _ in big if src == 1][:7]
+    assert sorted(first) == list(range(7))  # every item once before any repeats
+
+
+def test_build_datasets_from_config(data_dir):
+    cfg = load_config(None, [f"data.root={data_dir}", "data.input_size=[160,96]", "data.val_limit=2"]
+                      + [f"data.sources.{i}.limit=6" for i in range(4)])
+    train = build_train_dataset(cfg)
+    assert [d.source for d in train.datasets] == ["portraits", "ccp", "hsd", "composites"]
+    sampler = build_train_sampler(train, cfg)
+    keys = list(sampler)[:6]
+    train.set_sdm(True)
+    for key in keys:
+        s = train[key]
+        check_sample(s)
+        assert s["sdm"].shape == s["mask"].shape
+    val = build_val_datasets(cfg)
+    assert list(val) == ["portraits", "ccp", "hsd", "composites"] and all(len(v) == 2 for v in val.values())
+    for name in ("portraits", "ccp", "hsd"):
+        full_train = data.build_source(cfg.data.sources[[s.name for s in cfg.data.sources].index(name)],
+                                       load_config(None, [f"data.root={data_dir}"]), "train")
+        assert not {p.stem for p, _ in full_train.pairs} & {p.stem for p, _ in val[name].pairs}
