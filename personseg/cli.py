@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("personseg.train", "train a model from a YAML recipe (CPU, GPU or torchrun DDP)"),
     "eval": ("personseg.evaluate", "evaluate a checkpoint on data folders: metrics.json, per-image CSV, HTML report"),
     "report": ("personseg.report", "render a run's training curves to PNG"),
+    "data": ("personseg.data_tools", "download public person datasets and check data folders"),
 }
 
 

@@ -1,0 +1,427 @@
+"""`personseg eval`: score a checkpoint on data folders, as users get it (source-resolution alpha).
+
+A data folder holds `images/NAME.jpg` and `masks/NAME.png`: 0 = background, 255 = person, 128 =
+ignore (not counted; `personseg data` writes it for COCO crowd regions); above 128 is person. Masks
+that are not the size of their image are resized to it (nearest neighbour on pixel centres) and
+counted in `masks_resized`.
+
+Split: "val" is the training loop's validation split, taken from `personseg.data` so the two cannot
+drift apart: the folder's image/mask pairs sorted by name, every 10th one (`split_items`). Images
+without a mask belong to no split there; here they are skipped under "val" and reported as errors
+under "all" (every image).
+
+Outputs in --out: metrics.json (dataset metrics from summed pixel counts, overall and per folder),
+per_image.csv, report.html with report_files/ (metrics table, precision-recall curve, the worst images
+by IoU as photo | predicted mask | error map). `evaluate_folders` is the reusable part.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import heapq
+import html
+import io
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from personseg.imageio import ImageReadError, read_image, write_image_atomic
+from personseg.metrics import BinaryMetrics, per_image_stats, precision_recall_curve
+
+IGNORE = 128  # mask value for pixels that count neither way
+SPLITS = ("val", "all")
+CSV_COLUMNS = ["folder", "file", "iou", "dice", "precision", "recall", "ms"]
+
+# Error map colours (RGB) over the dimmed photo; correct person pixels keep the photo's brightness.
+FALSE_POSITIVE = (235, 40, 40)  # red: predicted person, is background
+FALSE_NEGATIVE = (30, 110, 255)  # blue: missed person
+PANEL_HEIGHT = 240
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+def list_pairs(folder: str | Path, split: str = "val", limit: int | None = None) -> list[tuple[Path, Path | None]]:
+    """(image, mask) of `folder` in `split`, in name order, at most `limit`; under "all", images without
+    a mask come with None. Files are listed and split exactly as the training data loader does."""
+    from personseg.data import list_images, split_items
+
+    folder = Path(folder)
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
+    for sub in ("images", "masks"):
+        if not (folder / sub).is_dir():
+            raise FileNotFoundError(f"{folder}: no {sub}/ folder; a data folder holds images/ and masks/ "
+                                    "(personseg data check tells what is wrong with one)")
+    images = list_images(folder / "images")
+    masks = {p.stem: p for p in list_images(folder / "masks")}
+    if split == "val":
+        pairs = split_items([(p, masks[p.stem]) for p in images if p.stem in masks], "val")
+    else:
+        pairs = [(p, masks.get(p.stem)) for p in images]
+    return pairs[:limit] if limit else pairs
+
+
+def read_mask(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """(H, W) uint8 mask resized to `size` (H, W) if needed, and whether it was resized."""
+    mask = read_image(path)[..., 0]  # grayscale masks come back with three equal channels
+    if mask.shape == tuple(size):
+        return mask, False
+    # INTER_NEAREST_EXACT samples pixel centres (like PIL's NEAREST); INTER_NEAREST shifts by half a pixel.
+    return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT), True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def error_map(rgb: np.ndarray, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: the photo dimmed, correct person pixels at full brightness, false positives
+    red and false negatives blue (70% over the photo, so the content stays visible)."""
+    out = (rgb * 0.35).astype(np.uint8)
+    hit = pred & gt
+    out[hit] = rgb[hit]
+    for where, color in ((pred & ~gt & valid, FALSE_POSITIVE), (~pred & gt & valid, FALSE_NEGATIVE)):
+        out[where] = (rgb[where] * 0.3 + np.asarray(color) * 0.7).astype(np.uint8)
+    return out
+
+
+def make_panel(rgb: np.ndarray, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray,
+               height: int = PANEL_HEIGHT) -> np.ndarray:
+    """photo | predicted mask | error map side by side, `height` pixels tall, (h, w, 3) uint8."""
+    h, w = rgb.shape[:2]
+    width = max(1, round(w * height / h))
+    mask_rgb = np.repeat(np.where(pred, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+    tiles = [cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA),
+             cv2.resize(mask_rgb, (width, height), interpolation=cv2.INTER_AREA),
+             cv2.resize(error_map(rgb, pred, gt, valid), (width, height), interpolation=cv2.INTER_AREA)]
+    gap = np.full((height, 4, 3), 255, np.uint8)
+    return np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)
+
+
+def _folder_names(folders: list[Path]) -> list[str]:
+    """The folder's own name, or its path where two folders share a name."""
+    names = [f.resolve().name or str(f) for f in folders]
+    return [str(f) if names.count(n) > 1 else n for f, n in zip(folders, names)]
+
+
+def _summary(metrics: BinaryMetrics, rows: list[dict], errors: int, resized: int) -> dict:
+    out = metrics.compute()
+    out.update({
+        "images": len(rows),
+        "errors": errors,
+        "masks_resized": resized,
+        "mean_image_iou": float(np.mean([r["iou"] for r in rows])) if rows else float("nan"),
+        "ms_per_image": float(np.mean([r["ms"] for r in rows])) if rows else float("nan"),
+    })
+    return out
+
+
+def evaluate_folders(predictor, folders, split: str = "val", limit: int | None = None, *,
+                     threshold: float | None = None, worst: int = 0, progress: bool = False) -> dict:
+    """Predict every image of `folders` (each with images/ + masks/) in `split` and score it.
+
+    `predictor` needs `.predict(rgb) -> (H, W) alpha` and `.threshold` (overridden by `threshold`).
+    `limit` caps the images per folder. Unreadable images or masks and images without a mask are
+    reported on stderr and skipped. Returns plain data:
+    {"overall": {...}, "per_folder": {name: {...}}, "per_image": [rows of CSV_COLUMNS],
+     "errors": [{"folder", "file", "error"}], "pr_curve": {"threshold", "precision", "recall"},
+     "worst": [{"folder", "file", "iou", "panel": (h, w, 3) uint8}], "split", "threshold"}.
+    Metric dicts hold iou, dice, accuracy, precision, recall, auroc, boundary_f (from pixel counts
+    summed over the images), images, errors, masks_resized, mean_image_iou and ms_per_image.
+    `worst` keeps that many lowest-IoU images, with their panels (`make_panel`).
+    """
+    from tqdm import tqdm
+
+    threshold = float(predictor.threshold if threshold is None else threshold)
+    folders = [Path(f) for f in folders]
+    plan = [(name, list_pairs(folder, split, limit)) for folder, name in zip(folders, _folder_names(folders))]
+    total = sum(len(pairs) for _, pairs in plan)
+    bar = tqdm(total=total, unit="image", file=sys.stderr, disable=not progress or not sys.stderr.isatty())
+    overall = BinaryMetrics(threshold)
+    per_folder, rows, errors, warmed = {}, [], [], False
+    heap: list[tuple] = []  # (-iou, order, folder, file, panel): the root is the best of the worst kept
+    for name, pairs in plan:
+        metrics, folder_rows, folder_errors, resized = BinaryMetrics(threshold), [], 0, 0
+        for image_path, mask_path in pairs:
+            bar.update()
+            try:
+                rgb = read_image(image_path)
+                if mask_path is None:
+                    raise ImageReadError(image_path, "no mask with this name in masks/")
+                mask, was_resized = read_mask(mask_path, rgb.shape[:2])
+            except ImageReadError as e:
+                errors.append({"folder": name, "file": image_path.name, "error": str(e)})
+                folder_errors += 1
+                tqdm.write(f"error: {e}", file=sys.stderr)
+                continue
+            resized += was_resized
+            if not warmed:  # the first call pays one-time costs (allocations, kernel choice): keep them out of ms
+                predictor.predict(rgb)
+                warmed = True
+            start = time.perf_counter()
+            alpha = np.asarray(predictor.predict(rgb), np.float32)
+            ms = (time.perf_counter() - start) * 1000
+            if alpha.shape != mask.shape:
+                raise ValueError(f"the predictor returned a {alpha.shape} alpha for the {rgb.shape[:2]} image "
+                                 f"{image_path}; it must return the image's size")
+            prob = torch.from_numpy(alpha)[None]
+            gt = torch.from_numpy(mask > IGNORE)[None]
+            valid = torch.from_numpy(mask != IGNORE)[None]
+            metrics.update(prob, gt, valid)
+            stats = per_image_stats(prob, gt, valid, threshold)[0]
+            row = {"folder": name, "file": image_path.name, **stats, "ms": ms}
+            folder_rows.append(row)
+            if worst > 0 and (len(heap) < worst or -heap[0][0] > stats["iou"]):
+                panel = make_panel(rgb, alpha >= threshold, gt[0].numpy(), valid[0].numpy())
+                item = (-stats["iou"], len(rows) + len(folder_rows), name, image_path.name, panel)
+                (heapq.heappush if len(heap) < worst else heapq.heapreplace)(heap, item)
+        if resized:
+            tqdm.write(f"note: {name}: {resized} mask{'s' if resized != 1 else ''} not the size of "
+                       "the image, resized to it (nearest)", file=sys.stderr)
+        per_folder[name] = _summary(metrics, folder_rows, folder_errors, resized)
+        overall.merge(metrics)
+        rows.extend(folder_rows)
+    bar.close()
+
+    precision, recall, thresholds = precision_recall_curve(overall)
+    step = max(1, overall.num_bins // 100)  # 101 points are plenty for a plot
+    return {
+        "overall": _summary(overall, rows, len(errors), sum(f["masks_resized"] for f in per_folder.values())),
+        "per_folder": per_folder,
+        "per_image": rows,
+        "errors": errors,
+        "pr_curve": {"threshold": thresholds[::step].tolist() + [1.0],
+                     "precision": precision[:-1][::step].tolist() + [float(precision[-1])],
+                     "recall": recall[:-1][::step].tolist() + [float(recall[-1])]},
+        "worst": [{"folder": f, "file": n, "iou": -neg, "panel": p}
+                  for neg, _, f, n, p in sorted(heap, key=lambda item: (-item[0], item[1]))],
+        "split": split,
+        "threshold": threshold,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing the results
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` via a temporary file in the same folder and os.replace (readers never see half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temp, "x", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def _json_safe(x):
+    """NaN -> None (null), so metrics.json is strict JSON; tuples -> lists."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def _checkpoint_description(source: str, predictor) -> dict:
+    info = getattr(predictor, "info", {}) or {}
+    out = {"path": source}
+    out.update({k: info[k] for k in ("arch", "model_kwargs", "input_size", "threshold") if k in info})
+    out["refine"] = getattr(predictor, "refine", None)
+    out["device"] = str(getattr(predictor, "device", ""))
+    return out
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _pr_plot(result: dict) -> np.ndarray:
+    from personseg.report import plot_lines
+
+    curve, overall = result["pr_curve"], result["overall"]
+    return plot_lines([("all folders", curve["recall"], curve["precision"])],
+                      title="precision-recall (pixels, all folders)", xlabel="recall", ylabel="precision",
+                      size=(560, 420), xlim=(0.0, 1.02), ylim=(0.0, 1.02),
+                      points=[(f"threshold {result['threshold']:g}", overall["recall"], overall["precision"])])
+
+
+HTML_COLUMNS = [("images", "images"), ("errors", "errors"), ("iou", "IoU"), ("dice", "Dice"),
+                ("precision", "precision"), ("recall", "recall"), ("boundary_f", "boundary F"),
+                ("auroc", "AUROC"), ("accuracy", "accuracy"), ("mean_image_iou", "mean image IoU"),
+                ("ms_per_image", "ms / image")]
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "&ndash;" if not math.isfinite(value) else f"{value:.1f}" if value > 1 else f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def report_html(result: dict, checkpoint: dict, worst_files: list[str], pr_file: str) -> str:
+    """The report page; images are referenced by relative path (they live in report_files/)."""
+    e = html.escape
+    table_rows = [("all folders", result["overall"])] + list(result["per_folder"].items())
+    head = "".join(f"<th>{e(label)}</th>" for _, label in HTML_COLUMNS)
+    body = "".join(f"<tr><th>{e(name)}</th>" + "".join(f"<td>{_cell(m[k])}</td>" for k, _ in HTML_COLUMNS)
+                   + "</tr>" for name, m in table_rows)
+    worst = "".join(
+        f"<tr><td>{i}</td><td>{e(w['folder'])}/{e(w['file'])}</td><td>{w['iou']:.4f}</td>"
+        f"<td><img src=\"{e(src)}\" alt=\"{e(w['file'])}\"></td></tr>"
+        for i, (w, src) in enumerate(zip(result["worst"], worst_files), 1))
+    errors = "".join(f"<li>{e(x['folder'])}/{e(x['file'])}: {e(x['error'])}</li>" for x in result["errors"])
+    model = ", ".join(f"{k}: {e(json.dumps(v))}" for k, v in checkpoint.items() if k != "path")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>personseg eval: {e(checkpoint['path'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th:first-child, td:nth-child(2) {{ text-align: left; }}
+.key span {{ display: inline-block; width: 1em; height: 1em; vertical-align: middle; }}
+</style></head><body>
+<h1>personseg eval</h1>
+<p>checkpoint <code>{e(checkpoint['path'])}</code> ({model})<br>
+split <b>{e(result['split'])}</b>, threshold {result['threshold']:g}, {stamp}</p>
+<h2>Metrics</h2>
+<p>IoU, Dice, precision, recall, boundary F and AUROC come from pixel counts summed over each folder's
+images (dataset metrics); mean image IoU averages the per-image IoUs. Source resolution.</p>
+<table><tr><th>folder</th>{head}</tr>{body}</table>
+{f"<h2>Unreadable images ({len(result['errors'])})</h2><ul>{errors}</ul>" if errors else ""}
+<h2>Precision-recall</h2>
+<img src="{e(pr_file)}" alt="precision-recall curve">
+<h2>Worst {len(result['worst'])} images by IoU</h2>
+<p class="key">photo | predicted mask | errors: <span style="background: rgb{FALSE_POSITIVE}"></span> false
+positive (predicted person, is background), <span style="background: rgb{FALSE_NEGATIVE}"></span> false
+negative (missed person), bright = correct person, dim = correct background.</p>
+<table><tr><th>#</th><th>image</th><th>IoU</th><th>photo | prediction | errors</th></tr>{worst}</table>
+</body></html>
+"""
+
+
+def write_outputs(outdir: str | Path, result: dict, checkpoint: dict) -> None:
+    """metrics.json, per_image.csv, report.html and report_files/ in `outdir`, each written atomically."""
+    outdir = Path(outdir)
+    files = outdir / "report_files"
+    worst_files = []
+    for i, w in enumerate(result["worst"], 1):
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{w['folder']}_{Path(w['file']).stem}")
+        name = f"worst_{i:02d}_{stem}.jpg"
+        write_image_atomic(files / name, w["panel"], overwrite=True)
+        worst_files.append(f"report_files/{name}")
+    write_image_atomic(files / "pr_curve.png", _pr_plot(result), overwrite=True)
+    metrics = {
+        "checkpoint": checkpoint,
+        "split": result["split"],
+        "threshold": result["threshold"],
+        "overall": result["overall"],
+        "per_folder": result["per_folder"],
+        "errors": result["errors"],
+        "worst": [{k: w[k] for k in ("folder", "file", "iou")} for w in result["worst"]],
+        "pr_curve": result["pr_curve"],
+    }
+    write_text_atomic(outdir / "metrics.json", json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(outdir / "per_image.csv", _csv_text(result["per_image"]))
+    write_text_atomic(outdir / "report.html", report_html(result, checkpoint, worst_files, "report_files/pr_curve.png"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _threshold(value: str) -> float:
+    t = float(value)
+    if not 0.0 <= t <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return t
+
+
+def _count(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return n
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("exit status: 0 every image scored; 1 some images or masks could not be read (each "
+                     "named on stderr, counted in metrics.json); 2 bad arguments, no data, or the model "
+                     "could not be loaded.")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a shipped model name")
+    parser.add_argument("data", nargs="+", metavar="DATA", help="data folders, each with images/ and masks/")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for metrics.json, per_image.csv, report.html and report_files/")
+    parser.add_argument("--split", choices=SPLITS, default="val",
+                        help="val: the training loop's validation split (every 10th image/mask pair sorted "
+                             "by name); all: every image (default: val)")
+    parser.add_argument("--limit", type=_count, default=0, metavar="N",
+                        help="score at most N images per folder (default: 0 = all)")
+    parser.add_argument("--threshold", type=_threshold, metavar="T",
+                        help="alpha at or above which a pixel is person (default: the model's own)")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="upsample bilinearly instead of with the guided filter")
+    parser.add_argument("--worst", type=_count, default=12, metavar="K",
+                        help="show the K images with the lowest IoU in the report (default: 12)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where to run the model (default: auto, cuda when available)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import personseg
+
+    def usage_error(message: str) -> int:
+        print(f"personseg eval: {message}", file=sys.stderr)
+        return 2
+
+    for folder in args.data:
+        for sub in ("images", "masks"):
+            if not (Path(folder) / sub).is_dir():
+                return usage_error(f"{folder}: no {sub}/ folder; each DATA folder holds images/ and masks/")
+    try:
+        predictor = personseg.load(args.checkpoint, device=args.device, refine=not args.no_refine)
+    except (OSError, ValueError) as e:
+        return usage_error(f"cannot load the model: {e}")
+    result = evaluate_folders(predictor, args.data, args.split, args.limit or None,
+                              threshold=args.threshold, worst=args.worst, progress=True)
+    if not result["per_image"] and not result["errors"]:
+        return usage_error(f"no images in {' '.join(args.data)} (split {args.split})")
+    try:
+        write_outputs(args.out, result, _checkpoint_description(args.checkpoint, predictor))
+    except OSError as e:
+        print(f"personseg eval: cannot write the results to {args.out}: {e}", file=sys.stderr)
+        return 1
+
+    overall = result["overall"]
+    folders = ", ".join(f"{name} {m['iou']:.4f}" for name, m in result["per_folder"].items())
+    print(f"IoU {overall['iou']:.4f} on {overall['images']} images ({folders}); "
+          f"report: {Path(args.out) / 'report.html'}", file=sys.stderr)
+    if result["errors"]:
+        print(f"{len(result['errors'])} image{'s' if len(result['errors']) != 1 else ''} could not be "
+              "scored (listed above and in metrics.json)", file=sys.stderr)
+        return 1
+    return 0
