@@ -13,7 +13,10 @@ COMMANDS = {
     "train": ("personseg.train", "train a model from a YAML recipe (CPU, GPU or torchrun DDP)"),
     "eval": ("personseg.evaluate", "evaluate a checkpoint on data folders: metrics.json, per-image CSV, HTML report"),
     "report": ("personseg.report", "render a run's training curves to PNG"),
+    "video": ("personseg.video_cli", "replace or blur a video's background, or write its masks or alpha (audio kept)"),
     "data": ("personseg.data_tools", "download public person datasets and check data folders"),
+    "export": ("personseg.export", "export a model to ONNX (dynamic sizes, parity-checked), optionally int8"),
+    "bench": ("personseg.bench", "parameters, GFLOPs, latency and throughput of models on PyTorch and ONNX Runtime"),
 }
 
 

@@ -37,6 +37,15 @@ def model_size(height: int, width: int, input_size: tuple[int, int]) -> tuple[in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def preprocess(images: list[np.ndarray], size: tuple[int, int], mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """Same-size HxWx3 uint8 RGB images -> (N, 3, h, w) float32 model input (channels_last memory):
+    resized to `size` = (h, w) with INTER_AREA, then (x - mean) / std with mean and std in 0-255 units."""
+    h, w = size
+    batch = np.stack([cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) for rgb in images])
+    batch = (batch.astype(np.float32) - mean) / std
+    return torch.from_numpy(batch).permute(0, 3, 1, 2)  # an NHWC buffer is (N, 3, h, w) channels_last
+
+
 class Predictor:
     """`predict(rgb)` -> person alpha. rgb is HxWx3 uint8 RGB; the alpha is HxW float32 in [0, 1]."""
 
@@ -44,7 +53,9 @@ class Predictor:
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold: float = 0.5, refine: bool = True,
                  device: str | torch.device | None = "cpu", info: dict | None = None):
         self.device = resolve_device(device)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        if isinstance(model, nn.Module):  # else a callable such as personseg.onnx_backend.OnnxModel
+            model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.model = model
         self.input_size = tuple(input_size)
         self.mean = np.asarray(mean, np.float32) * 255
         self.std = np.asarray(std, np.float32) * 255
@@ -57,6 +68,16 @@ class Predictor:
         model, info = load_checkpoint(path)
         return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
                    threshold=info["threshold"], refine=refine, device=device, info=info)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, device="cpu", refine: bool = True, threads: int | None = None) -> "Predictor":
+        """The same predictor on an ONNX Runtime session of a `personseg export` file (fp32 or int8)."""
+        from personseg.onnx_backend import OnnxModel
+
+        model = OnnxModel(path, device=device, threads=threads)
+        info = model.info
+        return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
+                   threshold=info["threshold"], refine=refine, device="cpu", info=info)
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         return self.predict_batch([rgb])[0]
@@ -85,10 +106,7 @@ class Predictor:
 
     def _forward(self, images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
         """Low-resolution probabilities, (N, h, w) float32."""
-        h, w = size
-        batch = np.stack([cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) for rgb in images])
-        batch = (batch.astype(np.float32) - self.mean) / self.std
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device).contiguous(memory_format=torch.channels_last)
+        x = preprocess(images, size, self.mean, self.std).to(self.device)
         with torch.inference_mode():
             prob = torch.sigmoid(self.model(x)[:, 0].float())
         return prob.cpu().numpy()
@@ -104,7 +122,8 @@ class Predictor:
 
 
 def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool = True) -> Predictor:
-    """A predictor from a checkpoint path, or a shipped model by name ("accurate", "fast"; None = the default)."""
+    """A predictor from a checkpoint path, an ONNX file from `personseg export` (run by ONNX Runtime),
+    or a shipped model by name ("accurate", "fast"; None = the default)."""
     name = str(path_or_name or DEFAULT_MODEL)
     shipped = WEIGHTS_DIR / f"{name}.pt"
     if path_or_name is None or (not Path(name).exists() and shipped.exists()):
@@ -113,4 +132,6 @@ def load(path_or_name: str | Path | None = None, device: str | None = "cpu", ref
             raise FileNotFoundError(f"no shipped model named {name!r} (shipped: {', '.join(available)}); "
                                     "pass a checkpoint path with --model")
         return Predictor.from_checkpoint(shipped, device, refine)
+    if name.lower().endswith(".onnx"):
+        return Predictor.from_onnx(name, device, refine)
     return Predictor.from_checkpoint(name, device, refine)

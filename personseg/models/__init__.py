@@ -1,4 +1,5 @@
 from personseg.models.registry import create_model, list_models, register_model
 from personseg.models import unet_mobilenet, unet, deeplabv3plus  # noqa: F401  (register the architectures)
+from personseg.models import recurrent  # noqa: F401  (recurrent_unet_mobilenet_*)
 
 __all__ = ["create_model", "list_models", "register_model"]

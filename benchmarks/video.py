@@ -1,0 +1,129 @@
+"""Temporal quality and end-to-end speed of `personseg video`.
+
+Quality, on every DATA/video/<seq>/{frames,masks} clip (DAVIS-style, 854x480): J (mean per-frame IoU)
+and flicker (of the pixels whose ground truth keeps its label between consecutive frames, the share
+whose predicted label changes; lower is steadier), for
+  per-frame   the model on each frame alone
+  ema         + TemporalFilter("ema")   (motion-aware smoothing)
+  flow        + TemporalFilter("flow")  (smoothing after optical-flow warping)
+  tracked     PersonTracker: a crop around the previous mask, full-frame re-detection every 30 frames
+  recurrent   a recurrent checkpoint carrying its state (only with --recurrent CKPT)
+Caveats of the ground truth: dance-twirl's spectators are not masked (a person model finds them, and
+J drops for it); scooter-black's mask includes the scooter.
+
+Speed: frames/s of `process_video` (decode + inference + temporal "ema" + blur composite + H.264
+encode, threads overlapping) on a clip made by resizing dance-twirl to 480p and 720p, with the thread
+count printed.
+
+    python benchmarks/video.py --model personseg/weights/accurate.pt [--recurrent CKPT] [--limit 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+import personseg
+from personseg.video import (FolderSource, PersonTracker, RecurrentSegmenter, TemporalFilter, process_video,
+                             segment_frames, video_metrics)
+
+SIZES = {"480p": (854, 480), "720p": (1280, 720)}
+
+
+def read_masks(folder: Path, limit: int | None):
+    for path in sorted(folder.glob("*.png"))[:limit]:
+        yield np.asarray(Image.open(path).convert("L")) > 127
+
+
+def methods(predictor, recurrent) -> dict:
+    """name -> a function making a fresh (segmenter, temporal filter) for one clip."""
+    table = {
+        "per-frame": lambda: (predictor, None),
+        "ema": lambda: (predictor, TemporalFilter("ema")),
+        "flow": lambda: (predictor, TemporalFilter("flow")),
+        "tracked": lambda: (PersonTracker(predictor), None),
+    }
+    if recurrent is not None:
+        table["recurrent"] = lambda: (RecurrentSegmenter(recurrent), None)
+    return table
+
+
+def quality(data: Path, predictor, recurrent, limit: int | None, batch_size: int) -> list[dict]:
+    rows = []
+    for seq in sorted(p for p in (data / "video").iterdir() if (p / "frames").is_dir()):
+        for name, make in methods(predictor, recurrent).items():
+            segmenter, smoother = make()
+            threshold = (recurrent if name == "recurrent" else predictor).threshold
+            source = FolderSource(seq / "frames", limit=limit)
+            start = time.perf_counter()
+            preds = [alpha >= threshold for _, alpha in segment_frames(source, segmenter, smoother, batch_size)]
+            seconds = time.perf_counter() - start
+            m = video_metrics(preds, read_masks(seq / "masks", limit))
+            rows.append({"sequence": seq.name, "method": name, **m, "ms_per_frame": 1000 * seconds / len(preds)})
+            print(f"{seq.name:14s} {name:10s} J {m['J']:.3f}  flicker {m['flicker']:.4f}  "
+                  f"{rows[-1]['ms_per_frame']:.0f} ms/frame", flush=True)
+    return rows
+
+
+def make_clip(frames_dir: Path, size: tuple[int, int], path: Path, limit: int) -> Path:
+    """The first `limit` frames resized to `size`, as a 30 fps H.264 mp4 (not timed)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"crf": "18", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for file in sorted(frames_dir.glob("*.jpg"))[:limit]:
+            image = Image.open(file).convert("RGB").resize(size, Image.BILINEAR)
+            container.mux(stream.encode(av.VideoFrame.from_image(image)))
+        container.mux(stream.encode(None))
+    return path
+
+
+def speed(data: Path, predictor, limit: int, batch_size: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, size in SIZES.items():
+            clip = make_clip(data / "video" / "dance-twirl" / "frames", size, Path(tmp) / f"{label}.mp4", limit)
+            summary = process_video(clip, Path(tmp) / f"{label}_out.mp4", predictor, temporal="ema",
+                                    batch_size=batch_size)
+            rows.append({"size": label, "frames": summary.frames, "fps": summary.fps})
+            print(f"end to end {label} ({size[0]}x{size[1]}): {summary.fps:.1f} frames/s "
+                  f"over {summary.frames} frames", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint path or shipped model name (default: the shipped default)")
+    parser.add_argument("--recurrent", help="a trained recurrent checkpoint to compare as well")
+    parser.add_argument("--data", default="../shared/data", help="folder holding video/<seq>/{frames,masks}")
+    parser.add_argument("--limit", type=int, help="frames per clip (default: all; the speed clips use 90)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-refine", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine)
+    recurrent = None
+    if args.recurrent:
+        recurrent = personseg.load(args.recurrent, device=args.device, refine=not args.no_refine)
+    print(f"model {args.model or 'default'}, {args.threads} threads, torch {torch.__version__}, device {args.device}, "
+          f"refine {not args.no_refine}, batch {args.batch_size}, frames per clip {args.limit or 'all'}")
+    results = {"quality": quality(data, predictor, recurrent, args.limit, args.batch_size)}
+    if not args.skip_speed:
+        results["speed"] = speed(data, predictor, args.limit or 90, args.batch_size)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

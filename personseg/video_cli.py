@@ -1,0 +1,120 @@
+"""`personseg video`: replace or blur the background of a video, or write its masks or alpha.
+
+A thin caller of `personseg.video.process_video`: decode, segment and encode overlap in threads; memory
+stays constant whatever the length of the video.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from personseg.segment_cli import _positive_int, _threshold
+
+EPILOG = """\
+INPUT is a video file, a folder of frames (images sorted by name, at --fps) or a camera index (0, 1, ...;
+stop with Ctrl-C).
+
+outputs:
+  composite (default)  OUTPUT.mp4 (or .mov, .mkv): H.264 (libx264, yuv420p), the person over --background
+  masks                OUTPUT.mp4: the mask as a black-and-white H.264 video (255 = person)
+  alpha                OUTPUT.mov: QuickTime Animation (qtrle) with an alpha channel; any other OUTPUT is
+                       a folder of RGBA PNGs OUTPUT/00000.png, 00001.png, ... (no audio)
+  --save-masks DIR     also DIR/00000.png, ...: 8-bit masks, 255 = person, named by 0-based frame index
+
+Video outputs keep every frame and its timestamp (variable frame rate included), the rotation flag of
+phone videos (multiples of 90 degrees; frames are segmented upright) and the first audio stream, copied
+unchanged. PNGs are upright. Outputs are written under a temporary name and renamed when complete;
+existing outputs are kept unless --overwrite (which replaces a whole --save-masks folder).
+
+A corrupt or truncated input stops the run with a one-line error; the frames processed before the damage
+are finalized into valid files named NAME.partial.mp4 (NAME.partial for folders) and OUTPUT itself is
+not written. Nothing is kept when no frame could be read.
+
+exit status: 0 done; 1 the input could not be read (corrupt, truncated, not a video) or the output
+could not be written; 2 bad arguments, an existing output without --overwrite, or the model could not
+be loaded.
+
+examples:
+  personseg video talk.mp4 -o talk_blur.mp4
+  personseg video talk.mp4 -o talk_green.mp4 --background "#00b140" --temporal flow
+  personseg video talk.mp4 -o beach.mp4 --background beach.jpg --track
+  personseg video frames/ -o cutout/ --output-kind alpha --fps 25
+  personseg video talk.mp4 -o talk_masks.mp4 --output-kind masks --save-masks masks/
+  personseg video 0 -o webcam.mp4 --background office.mp4
+"""
+
+
+def _fps(value: str) -> float:
+    fps = float(value)
+    if not 0 < fps <= 1000:
+        raise argparse.ArgumentTypeError(f"{value} is not a frame rate between 0 and 1000")
+    return fps
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("input", metavar="INPUT", help="a video file, a folder of frames or a camera index")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                        help="the output video (.mp4, .mov, .mkv), or a folder for --output-kind alpha")
+    parser.add_argument("--background", default="blur", metavar="BG",
+                        help="behind the person: blur (the video's own background, blurred), a colour "
+                             "(white, black, green, blue, red, gray, #RRGGBB or R,G,B), an image file "
+                             "(resized to cover) or a video file (looped) (default: blur)")
+    parser.add_argument("--output-kind", choices=["composite", "alpha", "masks"], default="composite",
+                        help="what OUTPUT holds (default: composite; see below)")
+    parser.add_argument("--save-masks", metavar="DIR", help="also write 0/255 PNG masks DIR/00000.png, ...")
+    parser.add_argument("--temporal", choices=["off", "ema", "flow"], default="ema",
+                        help="steady the masks over time: ema (motion-aware smoothing: still parts steady, "
+                             "moving parts follow at once), flow (the same after warping the previous mask "
+                             "by optical flow; slower) or off (default: ema)")
+    parser.add_argument("--track", action="store_true",
+                        help="segment a crop around the person found in the previous frames (more detail "
+                             "for small people; the full frame is searched again every 30 frames)")
+    parser.add_argument("--fps", type=_fps, metavar="FPS",
+                        help="frame rate of a folder of frames or a camera (default: 30, or the camera's)")
+    parser.add_argument("--threshold", type=_threshold, metavar="T",
+                        help="alpha at or above which a pixel is person, for masks (default: the model's own)")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="upsample the model's output bilinearly instead of with the guided filter (faster)")
+    parser.add_argument("--model", metavar="PATH_OR_NAME",
+                        help="a checkpoint file or a shipped model name (accurate, fast); recurrent "
+                             "checkpoints carry their state from frame to frame (default: the shipped default)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where to run the model (default: auto, cuda when a GPU is available)")
+    parser.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
+                        help="frames run through the model together (default: 4)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    import personseg
+    from personseg.video import VideoError, parse_background, process_video
+
+    def fail(message: str, code: int) -> int:
+        print(f"personseg video: {message}", file=sys.stderr)
+        return code
+
+    try:
+        background = parse_background(args.background)
+    except (ValueError, VideoError) as e:
+        return fail(f"--background: {e}", 2)
+    try:
+        predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine)
+    except (OSError, ValueError) as e:
+        return fail(f"cannot load the model: {e}", 2)
+    try:
+        summary = process_video(
+            args.input, args.output, predictor, background=background, output_kind=args.output_kind,
+            save_masks=args.save_masks, temporal=args.temporal, track=args.track, batch_size=args.batch_size,
+            threshold=args.threshold, overwrite=args.overwrite, fps=args.fps,
+            progress=not args.quiet and sys.stderr.isatty())
+    except VideoError as e:
+        return fail(str(e), 1)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        return fail(str(e), 2)
+    if not args.quiet:
+        print(f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} frames/s) -> "
+              f"{', '.join(map(str, summary.outputs))}", file=sys.stderr)
+    return 0

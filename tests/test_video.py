@@ -1,0 +1,342 @@
+"""`personseg video` end to end on short generated clips (with audio), and the video library's parts:
+temporal filter, tracker, recurrent model, metrics. Clips are 12 frames of 160x96 at 10 fps."""
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from personseg.cli import main
+from personseg.video import PersonTracker, TemporalFilter, VideoError, process_video, video_metrics
+
+FPS, N, W, H = 10, 12, 160, 96
+
+
+def picture(i: int, width: int = W, height: int = H) -> np.ndarray:
+    """A frame with a bright 'person' box moving right over a gradient, numbered by its colour."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 0] = np.linspace(40, 200, width, dtype=np.uint8)
+    image[..., 2] = (i * 20) % 256
+    image[height // 5: height * 4 // 5, 10 + 5 * i: 40 + 5 * i] = 255
+    return image
+
+
+def write_clip(path, frames=N, fps=FPS, audio=True, rotation=0, options=None, pts=None, time_base=None):
+    """H.264 clip with an AAC 16 kHz mono sine (as long as the video); `pts` in `time_base` for VFR."""
+    with av.open(str(path), "w", options=options or {}) as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        if time_base:
+            video.time_base = video.codec_context.time_base = time_base
+        if rotation:
+            video.set_display_rotation(rotation)
+        if audio:
+            sound = container.add_stream("aac", rate=16000)
+            sound.layout = "mono"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(picture(i), format="rgb24")
+            if pts:
+                frame.pts, frame.time_base = pts[i], time_base
+            container.mux(video.encode(frame))
+        if audio:
+            t = np.arange(16000 * frames // fps) / 16000
+            samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+            for start in range(0, samples.shape[1], 1024):
+                chunk = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="flt", layout="mono")
+                chunk.sample_rate, chunk.pts = 16000, start
+                container.mux(sound.encode(chunk))
+            container.mux(sound.encode(None))
+        container.mux(video.encode(None))
+    return path
+
+
+def probe(path) -> dict:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        info = {"frames": video.frames, "rate": video.average_rate, "width": video.width, "height": video.height,
+                "video_duration": video.duration and float(video.duration * video.time_base),
+                "codec": video.codec_context.name, "pix_fmt": video.codec_context.pix_fmt}
+        decoded = list(container.decode(video))
+        info["decoded"] = len(decoded)
+        info["times"] = [float(f.pts * f.time_base) for f in decoded]
+        info["rotation"] = decoded[0].rotation
+        info["first"] = decoded[0].to_ndarray(format="rgb24")
+    with av.open(str(path)) as container:
+        if container.streams.audio:
+            audio = container.streams.audio[0]
+            info["audio"] = {"codec": audio.codec_context.name, "sample_rate": audio.codec_context.sample_rate,
+                             "duration": audio.duration and float(audio.duration * audio.time_base)}
+            info["audio_packets"] = [(float(p.pts * p.time_base), bytes(p)) for p in container.demux(audio) if p.size]
+    return info
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4")
+
+
+@pytest.fixture
+def video(tiny_checkpoint, capsys):
+    """Run `personseg video ARGS --model tiny --device cpu --no-refine --quiet`; returns (exit code, stderr)."""
+    def run(*args):
+        code = main(["video", *map(str, args), "--model", str(tiny_checkpoint), "--device", "cpu", "--no-refine",
+                     "--quiet"])
+        return code, capsys.readouterr().err
+    return run
+
+
+def test_round_trip_keeps_frames_timing_and_audio(clip, tmp_path, video):
+    out, masks = tmp_path / "out.mp4", tmp_path / "masks"
+    code, err = video(clip, "-o", out, "--save-masks", masks, "--temporal", "flow", "--background", "green")
+    assert code == 0, err
+    src, dst = probe(clip), probe(out)
+    assert (dst["codec"], dst["pix_fmt"]) == ("h264", "yuv420p")
+    assert dst["frames"] == dst["decoded"] == src["decoded"] == N
+    assert dst["rate"] == FPS and dst["times"] == pytest.approx(src["times"])
+    assert dst["video_duration"] == pytest.approx(src["video_duration"], abs=1 / FPS)
+    assert dst["audio"]["codec"] == "aac" and dst["audio"]["sample_rate"] == 16000
+    assert dst["audio"]["duration"] == pytest.approx(src["audio"]["duration"], abs=1 / FPS)
+    assert dst["audio_packets"] == src["audio_packets"]  # copied, not re-encoded
+    names = sorted(p.name for p in masks.iterdir())
+    assert names == [f"{i:05d}.png" for i in range(N)]
+    mask = cv2.imread(str(masks / "00000.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (H, W) and set(np.unique(mask)) <= {0, 255}
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_rotation_and_variable_frame_rate_are_kept(tmp_path, video):
+    times = [0, 40, 150, 170, 300, 330, 500, 520]  # ms
+    src = write_clip(tmp_path / "vfr.mkv", frames=len(times), audio=False, rotation=90, pts=times,
+                     time_base=Fraction(1, 1000))
+    out, masks = tmp_path / "out.mkv", tmp_path / "masks"
+    code, err = video(src, "-o", out, "--save-masks", masks, "--output-kind", "masks", "--track")
+    assert code == 0, err
+    dst = probe(out)
+    assert dst["times"] == pytest.approx([t / 1000 for t in times])
+    assert dst["rotation"] == 90 and (dst["width"], dst["height"]) == (W, H)  # stored as the input was
+    assert cv2.imread(str(masks / "00000.png"), cv2.IMREAD_UNCHANGED).shape == (W, H)  # masks are upright
+
+
+def test_folder_of_frames_odd_size(tmp_path, video):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(folder / f"f{i:03d}.png"), picture(i, 97, 61)[..., ::-1])
+    code, err = video(folder, "-o", tmp_path / "out.mp4", "--fps", 5, "--temporal", "off")
+    assert code == 0, err
+    dst = probe(tmp_path / "out.mp4")
+    assert dst["decoded"] == 5 and dst["rate"] == 5 and "audio" not in dst
+    assert (dst["width"], dst["height"]) == (98, 62)  # yuv420p needs even sizes: padded by one pixel
+
+
+def test_alpha_outputs(clip, tmp_path, video):
+    code, err = video(clip, "-o", tmp_path / "alpha", "--output-kind", "alpha")
+    assert code == 0, err
+    pngs = sorted((tmp_path / "alpha").iterdir())
+    assert len(pngs) == N and cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED).shape == (H, W, 4)
+    code, err = video(clip, "-o", tmp_path / "alpha.mov", "--output-kind", "alpha")
+    assert code == 0, err
+    dst = probe(tmp_path / "alpha.mov")
+    assert (dst["codec"], dst["pix_fmt"], dst["decoded"]) == ("qtrle", "argb", N)
+    assert "audio" in dst
+
+
+def test_existing_output_needs_overwrite(clip, tmp_path, video):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"keep me")
+    code, err = video(clip, "-o", out)
+    assert code == 2 and "--overwrite" in err and out.read_bytes() == b"keep me"
+    code, err = video(clip, "-o", out, "--overwrite", "--background", clip)  # a video as the background
+    assert code == 0, err
+    assert probe(out)["decoded"] == N
+    notes = tmp_path / "notes"  # --overwrite replaces whole folders, but only folders of PNGs
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep")
+    code, err = video(clip, "-o", out, "--overwrite", "--save-masks", notes)
+    assert code == 2 and "other than PNGs" in err and (notes / "todo.txt").exists()
+
+
+def test_corrupt_input_fails_in_one_line_and_writes_nothing(tmp_path, video):
+    bad = tmp_path / "random.mp4"
+    bad.write_bytes(np.random.default_rng(0).bytes(20000))
+    code, err = video(bad, "-o", tmp_path / "out.mp4")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "random.mp4" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["random.mp4"]
+
+
+def test_truncated_input(clip, tmp_path, video):
+    # moov at the end (the default): half a file cannot be opened, nothing is written
+    half = tmp_path / "half.mp4"
+    half.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    code, err = video(half, "-o", tmp_path / "a.mp4")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "half.mp4" in err
+    assert not (tmp_path / "a.mp4").exists() and not (tmp_path / "a.partial.mp4").exists()
+    # moov first (faststart): the frames before the cut are finalized into a valid NAME.partial.mp4
+    whole = write_clip(tmp_path / "faststart.mp4", options={"movflags": "+faststart"})
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    code, err = video(cut, "-o", tmp_path / "b.mp4", "--save-masks", tmp_path / "m")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "b.partial.mp4" in err
+    assert not (tmp_path / "b.mp4").exists() and not (tmp_path / "m").exists()
+    partial = probe(tmp_path / "b.partial.mp4")
+    assert 0 < partial["decoded"] < N
+    assert len(list((tmp_path / "m.partial").iterdir())) == partial["decoded"]
+
+
+def test_recurrent_checkpoint_runs_through_the_video_path(clip, tmp_path):
+    from personseg.checkpoint import save_checkpoint
+    from personseg.models import create_model
+    from personseg.predict import Predictor
+
+    torch.manual_seed(0)
+    path = tmp_path / "recurrent.pt"
+    kwargs = {"alpha": 0.35}
+    save_checkpoint(path, create_model("recurrent_unet_mobilenet_v2", **kwargs),
+                    arch="recurrent_unet_mobilenet_v2", model_kwargs=kwargs, input_size=(160, 96))
+    predictor = Predictor.from_checkpoint(path, refine=False)
+    summary = process_video(clip, tmp_path / "out.mp4", predictor, output_kind="masks")
+    assert summary.frames == N and probe(tmp_path / "out.mp4")["decoded"] == N
+    with pytest.raises(ValueError, match="track"):
+        process_video(clip, tmp_path / "out2.mp4", predictor, track=True)
+
+
+# ------------------------------------------------------------------------------ temporal filter
+
+def square_clip(frames=12, step=4, size=20, height=90, width=160):
+    """(rgb, mask) pairs: a white square moving `step` px per frame over a gray textured background."""
+    rng = np.random.default_rng(0)
+    background = (100 + rng.integers(-5, 6, (height, width, 1))).astype(np.uint8).repeat(3, 2)
+    for i in range(frames):
+        rgb, mask = background.copy(), np.zeros((height, width), np.float32)
+        x = 20 + step * i
+        rgb[35:35 + size, x:x + size] = 255
+        mask[35:35 + size, x:x + size] = 1
+        yield rgb, mask
+
+
+def iou(a, b):
+    return np.count_nonzero(a & b) / np.count_nonzero(a | b)
+
+
+@pytest.mark.parametrize("mode", ["ema", "flow"])
+def test_temporal_filter_leaves_a_static_scene_exactly_alone(mode):
+    rgb, _ = next(square_clip())
+    prob = np.random.default_rng(1).random((90, 160)).astype(np.float32)
+    smoother = TemporalFilter(mode)
+    for _ in range(4):
+        assert np.array_equal(smoother(rgb, prob), prob)
+
+
+@pytest.mark.parametrize("mode", ["ema", "flow"])
+def test_temporal_filter_follows_motion_without_a_trail(mode):
+    smoother, strength = TemporalFilter(mode), 0.7
+    naive = None
+    ours_iou, naive_iou = [], []
+    for rgb, mask in square_clip():
+        out = smoother(rgb, mask)
+        naive = mask if naive is None else strength * naive + (1 - strength) * mask
+        truth = mask > 0.5
+        ours_iou.append(iou(out >= 0.5, truth))
+        naive_iou.append(iou(naive >= 0.5, truth))
+    assert min(ours_iou) > 0.9, ours_iou
+    assert min(naive_iou) < 0.7  # the plain EMA with the same weight lags behind the square
+
+
+def test_temporal_filter_damps_flicker_on_a_still_scene():
+    rgb, mask = next(square_clip())
+    rng = np.random.default_rng(2)
+    smoother = TemporalFilter("ema")
+    raw, smooth = [], []
+    for _ in range(10):
+        prob = np.clip(mask * 0.8 + 0.1 + rng.normal(0, 0.08, mask.shape), 0, 1).astype(np.float32)
+        raw.append(prob)
+        smooth.append(smoother(rgb, prob))
+    assert np.std(smooth[5:], axis=0).mean() < 0.7 * np.std(raw[5:], axis=0).mean()
+
+
+# ------------------------------------------------------------------------------------ tracker
+
+class BrightPredictor:
+    """Stands in for a Predictor: the 'person' is every bright pixel. Records the sizes it was given."""
+    threshold, info = 0.5, {}
+
+    def __init__(self):
+        self.sizes = []
+
+    def predict_batch(self, images, batch_size=8):
+        self.sizes += [im.shape[:2] for im in images]
+        return [(im.min(axis=2) > 200).astype(np.float32) for im in images]
+
+
+def test_tracker_segments_a_crop_and_redetects():
+    predictor = BrightPredictor()
+    tracker = PersonTracker(predictor, redetect_every=8)
+    frames, masks = zip(*square_clip(frames=12, step=2))
+    alphas = tracker.predict_batch(list(frames), batch_size=4)
+    for alpha, mask in zip(alphas, masks):
+        assert np.array_equal(alpha, mask)  # the crop always held the square: same result, zeros outside
+    full = [s for s in predictor.sizes if s == (90, 160)]
+    assert len(full) == 8 and tracker.detections == 2  # frames 0-3 detect, 4-7 crop, 8-11 re-detect
+    assert all(s[0] < 90 and s[1] < 160 for s in predictor.sizes[4:8])
+    tracker.predict_batch([np.zeros((90, 160, 3), np.uint8)] * 4)  # nobody: the track is lost
+    assert tracker.box is None
+
+
+# ------------------------------------------------------------------------------------ recurrent
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: ~10x faster here
+def test_recurrent_model_state_and_onnx_step(tmp_path):
+    from personseg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("recurrent_unet_mobilenet_v2", alpha=0.35).eval()
+    x1, x2 = torch.randn(2, 3, 45, 77), torch.randn(2, 3, 45, 77)
+    with torch.no_grad():
+        logits, state = model(x1)
+        assert logits.shape == (2, 1, 45, 77)
+        assert [tuple(s.shape) for s in state] == model.state_shapes(2, 45, 77) == \
+            [(2, 48, 4, 6), (2, 16, 8, 12), (2, 12, 16, 24), (2, 8, 32, 48)]
+        with_state, _ = model(x2, state)
+        without, _ = model(x2)
+    assert not torch.allclose(with_state, without)
+
+    x1.requires_grad_(True)  # the gradient of the second step's output reaches the first frame
+    logits, state = model(x1)
+    logits, _ = model(x2, state)
+    logits.square().mean().backward()
+    assert x1.grad.abs().sum() > 0
+
+    path = tmp_path / "step.onnx"
+    names = [f"r{i}" for i in range(4)]
+    with torch.no_grad():
+        torch.onnx.export(model, (x2, list(state)), str(path), input_names=["frames", *names],
+                          output_names=["logits", *[f"{n}_out" for n in names]], dynamo=False, opset_version=17)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"frames": x2.numpy(), **{n: s.detach().numpy() for n, s in zip(names, state)}}
+    outputs = session.run(None, feeds)
+    with torch.no_grad():
+        expected, expected_state = model(x2, [s.detach() for s in state])
+    np.testing.assert_allclose(outputs[0], expected.numpy(), atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(outputs[1], expected_state[0].numpy(), atol=1e-4, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+def test_video_metrics_by_hand():
+    gt = [np.array([[1, 1, 0, 0]], bool)] * 3
+    pred = [np.array([[1, 1, 0, 0]]), np.array([[1, 0, 0, 0]]), np.array([[1, 1, 1, 0]])]
+    m = video_metrics(pred, gt)
+    assert m["J"] == pytest.approx((1 + 0.5 + 2 / 3) / 3)
+    assert m["iou"] == pytest.approx(5 / 7)
+    assert m["flicker"] == pytest.approx(3 / 8)  # 8 stable ground-truth pixel pairs, 3 predicted changes
+    assert m["frames"] == 3
+
+
+def test_missing_input_is_a_usage_error(tmp_path, video):
+    code, err = video(tmp_path / "nope.mp4", "-o", tmp_path / "out.mp4")
+    assert code == 2 and "no such file" in err
+    with pytest.raises(VideoError):
+        process_video(tmp_path, tmp_path / "o.mp4", BrightPredictor())  # an empty folder
