@@ -448,3 +448,23 @@ def build_train_sampler(dataset: MixedDataset, cfg: TrainConfig, rank: int = 0, 
 def build_val_datasets(cfg: TrainConfig) -> dict[str, SegDataset]:
     """One validation dataset per source (weight 0 sources included), by source name."""
     return {s.name: build_source(s, cfg, "val") for s in cfg.data.sources}
+
+
+def write_composite_folder(data_root: str | Path, out: str | Path, count: int = 120, seed: int = 1234,
+                           min_people: int = 2, max_people: int = 6,
+                           scale_range: tuple[float, float] = (0.1, 0.5)) -> Path:
+    """A fixed "several small people" evaluation set: `count` composites of the validation cut-outs on the
+    validation backgrounds, written as out/images/NNNN.png + out/masks/NNNN.png (lossless). Scene i is a
+    function of (seed, i) only, so every run writes the same set."""
+    root = Path(data_root) / "composites"
+    scenes = Composites(root / "foregrounds", root / "backgrounds", length=count, min_people=min_people,
+                        max_people=max_people, scale_range=scale_range, split="val", augment="none")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        scene = scenes.render(seed * 1_000_003 + i)
+        mask = np.where(scene["alpha"] > 0.5, 255, 0).astype(np.uint8)
+        cv2.imwrite(str(out / "images" / f"{i:04d}.png"), cv2.cvtColor(scene["image"], cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(out / "masks" / f"{i:04d}.png"), mask)
+    return out
