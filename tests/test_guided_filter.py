@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from personseg.guided_filter import (GuidedFilterRefiner, box_filter, fast_guided_filter,
-                                     guided_filter, refine_alpha)
+from personseg.guided_filter import (
+    GuidedFilterRefiner,
+    box_filter,
+    fast_guided_filter,
+    guided_filter,
+    refine_alpha,
+)
 
 SIZES = [(13, 17), (3, 5)]  # (3, 5) is smaller than the window for r = 2 and 4
 
@@ -76,11 +81,13 @@ def test_guided_filter_matches_numpy(size, r, channels):
 def test_color_guided_filter_float32_on_gray_guide(eps):
     """A near-gray RGB guide makes Sigma near rank 1; float32 must stay finite and close to float64."""
     gen = torch.Generator().manual_seed(0)
-    guide = torch.rand(1, 1, 40, 50, generator=gen).repeat(1, 3, 1, 1) + 1e-3 * torch.rand(1, 3, 40, 50, generator=gen)
+    gray = torch.rand(1, 1, 40, 50, generator=gen).repeat(1, 3, 1, 1)
+    guide = gray + 1e-3 * torch.rand(1, 3, 40, 50, generator=gen)
     src = (torch.rand(1, 1, 40, 50, generator=gen) > 0.5).float()
     out = guided_filter(guide, src, 2, eps)
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out.double(), guided_filter(guide.double(), src.double(), 2, eps), atol=1e-4, rtol=0)
+    ref = guided_filter(guide.double(), src.double(), 2, eps)
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
