@@ -20,6 +20,28 @@ COMMANDS = {
 }
 
 
+def threshold(value: str) -> float:
+    """argparse type: a probability threshold in [0, 1]."""
+    t = float(value)
+    if not 0.0 <= t <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return t
+
+
+def positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return n
+
+
+def nonnegative_int(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="personseg",

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 import torch
 
+from personseg.cli import nonnegative_int, threshold
 from personseg.imageio import ImageReadError, read_image, write_image_atomic
 from personseg.metrics import BinaryMetrics, per_image_stats, precision_recall_curve
 
@@ -354,18 +355,8 @@ def write_outputs(outdir: str | Path, result: dict, checkpoint: dict) -> None:
 # CLI
 
 
-def _threshold(value: str) -> float:
-    t = float(value)
-    if not 0.0 <= t <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
-    return t
 
 
-def _count(value: str) -> int:
-    n = int(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -379,13 +370,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=SPLITS, default="val",
                         help="val: the training loop's validation split (every 10th image/mask pair sorted "
                              "by name); all: every image (default: val)")
-    parser.add_argument("--limit", type=_count, default=0, metavar="N",
+    parser.add_argument("--limit", type=nonnegative_int, default=0, metavar="N",
                         help="score at most N images per folder (default: 0 = all)")
-    parser.add_argument("--threshold", type=_threshold, metavar="T",
+    parser.add_argument("--threshold", type=threshold, metavar="T",
                         help="alpha at or above which a pixel is person (default: the model's own)")
     parser.add_argument("--no-refine", action="store_true",
                         help="upsample bilinearly instead of with the guided filter")
-    parser.add_argument("--worst", type=_count, default=12, metavar="K",
+    parser.add_argument("--worst", type=nonnegative_int, default=12, metavar="K",
                         help="show the K images with the lowest IoU in the report (default: 12)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run the model (default: auto, cuda when available)")

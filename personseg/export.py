@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from personseg.cli import positive_int
+
 DEFAULT_OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
 TRACE_SIZE = (97, 131)  # (h, w): divisible by no model stride, so the traced graph keeps the padding branch
@@ -347,11 +349,6 @@ def int8_path_for(path: str | Path) -> Path:
 # CLI
 
 
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value}: expected a positive integer")
-    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -365,7 +362,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torchscript (default, fast) or dynamo (torch.export based, needs onnxscript)")
     parser.add_argument("--int8", action="store_true", help="also write NAME.int8.onnx (needs --calib)")
     parser.add_argument("--calib", metavar="DATA_DIR", help="images to calibrate int8 activation ranges on")
-    parser.add_argument("--calib-count", type=_positive, default=64, help="calibration images (default: 64)")
+    parser.add_argument("--calib-count", type=positive_int, default=64, help="calibration images (default: 64)")
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                         help="onnx.checker and ONNX Runtime vs PyTorch parity (default: on)")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,

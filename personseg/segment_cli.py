@@ -11,6 +11,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from personseg.cli import positive_int, threshold
+
 # --save kind -> file name suffix. Pictures for people to look at are JPEG (small); exact data is PNG.
 OUTPUTS = {
     "mask": "_mask.png",
@@ -58,18 +60,8 @@ def _save_kinds(value: str) -> list[str]:
     return kinds
 
 
-def _threshold(value: str) -> float:
-    t = float(value)
-    if not 0.0 <= t <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
-    return t
 
 
-def _positive_int(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="background for --save background: blur (the photo's own background, blurred), "
                              "a colour (white, black, green, blue, red, gray, #RRGGBB or R,G,B) "
                              "or an image file, resized to cover (default: blur)")
-    parser.add_argument("--threshold", type=_threshold, metavar="T",
+    parser.add_argument("--threshold", type=threshold, metavar="T",
                         help="alpha at or above which a pixel is person, for mask, overlay and compare "
                              "(default: the model's own, usually 0.5)")
     parser.add_argument("--no-refine", action="store_true",
@@ -100,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default model)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run the model; auto picks cuda when a GPU is available (default: auto)")
-    parser.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
                         help="images read and run together; lower it if memory runs out (default: 4)")
     parser.add_argument("--recursive", action="store_true",
                         help="also look in subfolders of folder inputs, and let ** in globs cross folders")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from personseg.segment_cli import _positive_int, _threshold
+from personseg.cli import positive_int, threshold
 
 EPILOG = """\
 INPUT is a video file, a folder of frames (images sorted by name, at --fps) or a camera index (0, 1, ...;
@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "for small people; the full frame is searched again every 30 frames)")
     parser.add_argument("--fps", type=_fps, metavar="FPS",
                         help="frame rate of a folder of frames or a camera (default: 30, or the camera's)")
-    parser.add_argument("--threshold", type=_threshold, metavar="T",
+    parser.add_argument("--threshold", type=threshold, metavar="T",
                         help="alpha at or above which a pixel is person, for masks (default: the model's own)")
     parser.add_argument("--no-refine", action="store_true",
                         help="upsample the model's output bilinearly instead of with the guided filter (faster)")
@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checkpoints carry their state from frame to frame (default: the shipped default)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run the model (default: auto, cuda when a GPU is available)")
-    parser.add_argument("--batch-size", type=_positive_int, default=4, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
                         help="frames run through the model together (default: 4)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")

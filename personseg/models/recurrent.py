@@ -20,10 +20,8 @@ import torch
 from torch import nn
 
 from personseg.models.blocks import pad_to_multiple
-from personseg.models.encoders import ENCODERS
-from personseg.models.pretrained import load_encoder_weights
 from personseg.models.registry import register_model
-from personseg.models.unet_mobilenet import UNetDecoder
+from personseg.models.unet_mobilenet import UNetDecoder, UNetMobileNet
 
 
 class ConvGRU(nn.Module):
@@ -64,20 +62,10 @@ class RecurrentDecoder(UNetDecoder):
         return self.final_up(x), new_state
 
 
-class RecurrentUNetMobileNet(nn.Module):
+class RecurrentUNetMobileNet(UNetMobileNet):
     """(B, 3, H, W) normalized frames and the previous state -> ((B, 1, H, W) person logits, new state)."""
 
-    stride = 32
-
-    def __init__(self, encoder: str = "mobilenet_v2", alpha: float = 1.0,
-                 decoder_channels: tuple[int, ...] = (96, 32, 24, 16, 16), num_classes: int = 1,
-                 encoder_weights: str | None = None):
-        super().__init__()
-        self.encoder = ENCODERS[encoder](alpha)
-        self.decoder = RecurrentDecoder(self.encoder.channels, list(decoder_channels))
-        self.head = nn.Conv2d(decoder_channels[-1], num_classes, 1)
-        if encoder_weights:
-            load_encoder_weights(self.encoder, encoder, alpha, encoder_weights)
+    decoder_class = RecurrentDecoder
 
     def state_shapes(self, batch: int, height: int, width: int) -> list[tuple[int, int, int, int]]:
         """Shapes of the four state tensors for (batch, 3, height, width) frames."""

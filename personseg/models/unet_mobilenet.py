@@ -55,13 +55,14 @@ class UNetMobileNet(nn.Module):
     """(B, 3, H, W) normalized image -> (B, 1, H, W) person logits, for any H and W."""
 
     stride = 32
+    decoder_class = UNetDecoder  # the recurrent variant swaps in its ConvGRU decoder
 
     def __init__(self, encoder: str = "mobilenet_v2", alpha: float = 1.0,
                  decoder_channels: tuple[int, ...] = (96, 32, 24, 16, 16), num_classes: int = 1,
                  encoder_weights: str | None = None):
         super().__init__()
         self.encoder = ENCODERS[encoder](alpha)
-        self.decoder = UNetDecoder(self.encoder.channels, list(decoder_channels))
+        self.decoder = self.decoder_class(self.encoder.channels, list(decoder_channels))
         self.head = nn.Conv2d(decoder_channels[-1], num_classes, 1)
         if encoder_weights:
             load_encoder_weights(self.encoder, encoder, alpha, encoder_weights)
