@@ -1,5 +1,6 @@
 """Parameters, FLOPs and CPU latency of the registered architectures at 320x180.
 
+Every registered architecture is listed (the recurrent ones for one frame with a zero state).
 FLOPs are counted by torch.utils.flop_counter (convolutions and matmuls), where one multiply-add is
 TWO FLOPs; GMACs = GFLOPs / 2. Latency: eager PyTorch, channels_last, batch 1, median of --runs,
 with the thread count printed. Ratios are against unet_mobilenet_v2 measured in the same run.
@@ -24,6 +25,8 @@ CONFIGS = [
     ("unet_mobilenet_v3", {"alpha": 1.0}),
     ("deeplabv3plus", {}),
     ("unet", {}),
+    ("recurrent_unet_mobilenet_v2", {"alpha": 1.0}),
+    ("recurrent_unet_mobilenet_v3", {"alpha": 0.3}),
 ]
 
 

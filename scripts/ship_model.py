@@ -23,8 +23,9 @@ import torch
 
 import personseg
 from personseg.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from personseg.data import write_composite_folder
-from personseg.evaluate import evaluate_folders
+from personseg.data import list_images, split_items, write_composite_folder
+from personseg.evaluate import evaluate_folders, read_mask
+from personseg.imageio import read_image
 from personseg.predict import WEIGHTS_DIR
 
 FOLDERS = ("portraits", "ccp", "hsd")
@@ -41,6 +42,27 @@ def score(predictor, data_root: Path) -> dict:
         m = evaluate_folders(predictor, [people], split="all")["overall"]
         card["people"] = {k: m[k] for k in (*METRICS, "images")}
     return card
+
+
+def calibrate_threshold(predictor, data_root: Path, per_folder: int = 40) -> tuple[float, dict]:
+    """The threshold with the best pooled IoU on TRAINING images (spread over each folder's training
+    split; the validation split is never looked at). Returns it and IoU per candidate."""
+    candidates = np.round(np.arange(0.3, 0.91, 0.05), 2)
+    inter, union = np.zeros(len(candidates)), np.zeros(len(candidates))
+    for folder in FOLDERS:
+        root = data_root / folder
+        masks = {p.stem: p for p in list_images(root / "masks")}
+        pairs = split_items([(p, masks[p.stem]) for p in list_images(root / "images") if p.stem in masks], "train")
+        for image_path, mask_path in pairs[::max(1, len(pairs) // per_folder)][:per_folder]:
+            rgb = read_image(image_path)
+            truth = read_mask(mask_path, rgb.shape[:2])[0] > 127
+            alpha = predictor.predict(rgb)
+            for j, t in enumerate(candidates):
+                pred = alpha >= t
+                inter[j] += (pred & truth).sum()
+                union[j] += (pred | truth).sum()
+    ious = inter / union
+    return float(candidates[ious.argmax()]), {f"{t:.2f}": float(i) for t, i in zip(candidates, ious)}
 
 
 def speed(predictor, threads: int) -> dict:
@@ -70,17 +92,31 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--data", default=os.environ.get("PERSONSEG_DATA", "../shared/data"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="pick the threshold with the best IoU on training images (not validation)")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("W", "H"),
+                        help="ship with another pixel budget than the training run's (a speed preset)")
     args = parser.parse_args()
 
     ckpt = read_checkpoint(args.checkpoint)
     model, info = load_checkpoint(args.checkpoint)
     target = WEIGHTS_DIR / f"{args.name}.pt"
     meta = {**info["meta"], "shipped_from": str(args.checkpoint)}
-    fields = dict(arch=info["arch"], model_kwargs=info["model_kwargs"], input_size=info["input_size"],
+    input_size = args.input_size or info["input_size"]
+    fields = dict(arch=info["arch"], model_kwargs=info["model_kwargs"], input_size=input_size,
                   mean=info["mean"], std=info["std"], threshold=info["threshold"], half=True)
     save_checkpoint(target, model, meta=meta, **fields)
+    if args.calibrate:
+        fields["threshold"], meta["threshold_calibration"] = calibrate_threshold(personseg.load(args.name), Path(args.data))
+        print(f"threshold {fields['threshold']} (pooled IoU on training images per candidate: "
+              f"{meta['threshold_calibration']})")
+        save_checkpoint(target, model, meta=meta, **fields)
     shipped = personseg.load(args.name)  # score the fp16 file users get, not the run's fp32 weights
     meta["card"] = score(shipped, Path(args.data))
+    shipped.refine = False  # the same model upsampled bilinearly: what the guided filter buys
+    plain = evaluate_folders(shipped, [Path(args.data) / f for f in FOLDERS], split="val")["per_folder"]
+    meta["card"]["bilinear"] = {name: {k: m[k] for k in ("iou", "boundary_f")} for name, m in plain.items()}
+    shipped.refine = True
     meta["card"]["speed"] = speed(shipped, args.threads)
     shipped_model, _ = load_checkpoint(target)
     save_checkpoint(target, shipped_model, meta=meta, **fields)
@@ -93,6 +129,11 @@ def main() -> None:
     for name in (*FOLDERS, "people"):
         m = card[name]
         print(f"| {name} | {m['images']} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+    print("| set | IoU guided filter | IoU bilinear | boundary F guided filter | boundary F bilinear |")
+    print("|---|---|---|---|---|")
+    for name in FOLDERS:
+        g, b = card[name], card["bilinear"][name]
+        print(f"| {name} | {g['iou']:.4f} | {b['iou']:.4f} | {g['boundary_f']:.4f} | {b['boundary_f']:.4f} |")
     print(f"speed: {card['speed']}")
 
 
