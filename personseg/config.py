@@ -23,6 +23,7 @@ import yaml
 class ModelConfig:
     name: str = "unet_mobilenet_v2"  # a name from personseg.models.list_models()
     kwargs: dict = field(default_factory=dict)  # passed to create_model (e.g. alpha, encoder_weights)
+    init: str = ""  # a personseg checkpoint to start from (its weights; e.g. the float model to fine-tune with qat)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch CPU threads, 0 = torch's default; 1 on a busy CPU (spinning threads crawl there)
     tensorboard: bool = True
+    qat: bool = False  # quantization-aware training (fake int8, personseg.qat); usually with model.init
 
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")

@@ -1,4 +1,4 @@
-"""`personseg train CONFIG.yaml --out RUNDIR [--set key=value ...] [--resume]`
+"""`personseg train CONFIG.yaml --out RUNDIR [--set key=value ...] [--resume] [--qat]`
 
 One process, or many under torchrun (`torchrun --nproc_per_node=2 -m personseg train ...`): the
 torchrun environment variables switch on DistributedDataParallel (gloo on CPU, nccl on GPU). Rank 0
@@ -9,6 +9,9 @@ validation IoU). `--resume` continues from last.pt exactly: same data, same loss
 The seed schedule (`schedule.scheduler: plateau`): when pooled validation IoU has not improved for
 `schedule.patience` evaluations, lr drops to `schedule.lr_after_plateau` and the boundary loss
 enters, its weight growing by `loss.boundary_step` at the end of every epoch.
+
+`--qat` (`qat: true`) fine-tunes with fake int8 quantization (personseg.qat), usually from a float
+checkpoint given as `model.init`; its checkpoints are float and export with `personseg export --int8`.
 """
 from __future__ import annotations
 
@@ -30,12 +33,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD, read_checkpoint, save_checkpoint
+from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint, read_checkpoint, save_checkpoint
 from personseg.config import TrainConfig, load_config, to_dict
 from personseg.data import build_train_dataset, build_train_sampler, build_val_datasets
 from personseg.losses import SegLoss
 from personseg.metrics import BinaryMetrics
 from personseg.models import create_model
+from personseg.qat import QATModel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,11 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value last, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from RUNDIR/last.pt")
+    parser.add_argument("--qat", action="store_true",
+                        help="quantization-aware training, same as --set qat=true (see personseg.qat)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + (["qat=true"] if args.qat else []))
     except (KeyError, TypeError, ValueError, OSError) as e:
         print(f"personseg train: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
@@ -91,7 +97,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
 
     # model, optimizer, loss; `state` is everything else a resumed run needs
     torch.manual_seed(cfg.seed)  # the same initial weights for any number of ranks
-    model = create_model(cfg.model.name, **cfg.model.kwargs).to(device, memory_format=memory_format)
+    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    if cfg.model.init:
+        model.load_state_dict(load_checkpoint(cfg.model.init)[0].state_dict())
+    if cfg.qat:  # fake int8; its state_dict stays the float model's, so checkpoints and --resume are unchanged
+        model = QATModel(model)
+    model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
