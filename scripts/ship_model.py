@@ -67,7 +67,8 @@ def calibrate_threshold(predictor, data_root: Path, per_folder: int = 40) -> tup
 
 def speed(predictor, threads: int) -> dict:
     torch.set_num_threads(threads)
-    x = torch.randn(1, 3, 180, 320).contiguous(memory_format=torch.channels_last)
+    width, height = predictor.input_size
+    x = torch.randn(1, 3, height, width).contiguous(memory_format=torch.channels_last)
     times = []
     with torch.inference_mode():
         for i in range(25):
@@ -82,7 +83,7 @@ def speed(predictor, threads: int) -> dict:
         predictor.predict(photo)
         if i >= 2:
             full.append(time.perf_counter() - start)
-    return {"threads": threads, "model_ms_320x180": statistics.median(times) * 1e3,
+    return {"threads": threads, "model_input": f"{width}x{height}", "model_ms": statistics.median(times) * 1e3,
             "predict_ms_1280x720": statistics.median(full) * 1e3}
 
 
