@@ -43,3 +43,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     save_checkpoint(path, create_model("unet_mobilenet_v2", **kwargs), arch="unet_mobilenet_v2",
                     model_kwargs=kwargs, input_size=(160, 96))
     return path
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread: on a busy 2-core machine two OpenMP threads spin-wait on each other (20x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,13 +15,7 @@ from personseg.qat import QATModel, to_float
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """On a busy 2-core machine two OpenMP threads spin-wait on each other; one is steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_qat_model_has_the_float_models_parameters_and_state_dict():

@@ -22,13 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """On a busy 2-core machine two OpenMP threads spin-wait on each other (20x slower); one is steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_jsonl(path: Path) -> list[dict]:
