@@ -10,6 +10,8 @@ import sys
 
 from personseg.cli import positive_int, threshold
 
+VIDEO_MODEL = "fast"  # 25 frames/s end to end at 854x480 on 2 CPU cores (benchmarks/video.py)
+
 EPILOG = """\
 INPUT is a video file, a folder of frames (images sorted by name, at --fps) or a camera index (0, 1, ...;
 stop with Ctrl-C).
@@ -77,9 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="alpha at or above which a pixel is person, for masks (default: the model's own)")
     parser.add_argument("--no-refine", action="store_true",
                         help="upsample the model's output bilinearly instead of with the guided filter (faster)")
-    parser.add_argument("--model", metavar="PATH_OR_NAME",
+    parser.add_argument("--model", default=VIDEO_MODEL, metavar="PATH_OR_NAME",
                         help="a checkpoint file or a shipped model name (accurate, fast); recurrent "
-                             "checkpoints carry their state from frame to frame (default: the shipped default)")
+                             f"checkpoints carry their state from frame to frame (default: {VIDEO_MODEL}, "
+                             "the real-time preset; images default to accurate)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run the model (default: auto, cuda when a GPU is available)")
     parser.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
