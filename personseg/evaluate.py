@@ -39,7 +39,7 @@ from personseg.imageio import ImageReadError, read_image, write_image_atomic
 from personseg.metrics import BinaryMetrics, per_image_stats, precision_recall_curve
 
 IGNORE = 128  # mask value for pixels that count neither way
-SPLITS = ("val", "all")
+SPLITS = ("val", "train", "all")
 CSV_COLUMNS = ["folder", "file", "iou", "dice", "precision", "recall", "ms"]
 
 # Error map colours (RGB) over the dimmed photo; correct person pixels keep the photo's brightness.
@@ -66,8 +66,8 @@ def list_pairs(folder: str | Path, split: str = "val", limit: int | None = None)
                                     "(personseg data check tells what is wrong with one)")
     images = list_images(folder / "images")
     masks = {p.stem: p for p in list_images(folder / "masks")}
-    if split == "val":
-        pairs = split_items([(p, masks[p.stem]) for p in images if p.stem in masks], "val")
+    if split in ("val", "train"):
+        pairs = split_items([(p, masks[p.stem]) for p in images if p.stem in masks], split)
     else:
         pairs = [(p, masks.get(p.stem)) for p in images]
     return pairs[:limit] if limit else pairs
@@ -369,7 +369,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for metrics.json, per_image.csv, report.html and report_files/")
     parser.add_argument("--split", choices=SPLITS, default="val",
                         help="val: the training loop's validation split (every 10th image/mask pair sorted "
-                             "by name); all: every image (default: val)")
+                             "by name); train: the other pairs; all: every image (default: val)")
     parser.add_argument("--limit", type=nonnegative_int, default=0, metavar="N",
                         help="score at most N images per folder (default: 0 = all)")
     parser.add_argument("--threshold", type=threshold, metavar="T",

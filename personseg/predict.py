@@ -101,7 +101,7 @@ class Predictor:
                 chunk = indices[start:start + batch_size]
                 probs = self._forward([images[i] for i in chunk], model_size(h, w, self.input_size))
                 for i, prob in zip(chunk, probs):
-                    results[i] = self._upsample(images[i], prob)
+                    results[i] = self.upsample(images[i], prob)
         return results
 
     def _forward(self, images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -111,7 +111,8 @@ class Predictor:
             prob = torch.sigmoid(self.model(x)[:, 0].float())
         return prob.cpu().numpy()
 
-    def _upsample(self, rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    def upsample(self, rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """A low-resolution probability (h, w) back to the size of `rgb`: guided filter or bilinear."""
         h, w = rgb.shape[:2]
         if prob.shape == (h, w):
             return prob

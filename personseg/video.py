@@ -339,7 +339,7 @@ class RecurrentSegmenter:
             with torch.inference_mode():
                 logits, self.state = p.model(x, self.state)
                 prob = torch.sigmoid(logits[0, 0].float()).cpu().numpy()
-            alphas.append(p._upsample(rgb, prob))
+            alphas.append(p.upsample(rgb, prob))
         return alphas
 
 

@@ -23,8 +23,8 @@ import torch
 
 import personseg
 from personseg.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from personseg.data import list_images, split_items, write_composite_folder
-from personseg.evaluate import evaluate_folders, read_mask
+from personseg.data import write_composite_folder
+from personseg.evaluate import evaluate_folders, list_pairs, read_mask
 from personseg.imageio import read_image
 from personseg.predict import WEIGHTS_DIR
 
@@ -50,9 +50,7 @@ def calibrate_threshold(predictor, data_root: Path, per_folder: int = 40) -> tup
     candidates = np.round(np.arange(0.3, 0.91, 0.05), 2)
     inter, union = np.zeros(len(candidates)), np.zeros(len(candidates))
     for folder in FOLDERS:
-        root = data_root / folder
-        masks = {p.stem: p for p in list_images(root / "masks")}
-        pairs = split_items([(p, masks[p.stem]) for p in list_images(root / "images") if p.stem in masks], "train")
+        pairs = list_pairs(data_root / folder, "train")
         for image_path, mask_path in pairs[::max(1, len(pairs) // per_folder)][:per_folder]:
             rgb = read_image(image_path)
             truth = read_mask(mask_path, rgb.shape[:2])[0] > 127
