@@ -55,6 +55,8 @@ class DataConfig:
     input_size: tuple[int, int] = (320, 180)  # (W, H), 16:9
     val_every: int = 10  # the split rule: every 10th file (sorted by name) of a folder is validation
     samples_per_epoch: int = 0  # 0 = the sum of the training sources' sizes
+    tall_share: float = 0.0  # share of batches at input_size transposed (portrait); > 0 also validates tall
+    # pictures in portrait orientation (one picture per batch)
     num_workers: int = 4
     val_limit: int = 0  # cap validation samples per source (0 = all); for smoke runs
 
@@ -103,6 +105,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     epochs: int = 100
     max_steps: int = 0  # optimizer steps; > 0 overrides epochs
+    time_budget: float = 0.0  # minutes of training (evaluations excluded), then a final evaluation; 0 = none
     eval_every: int = 0  # optimizer steps between evaluations; 0 = at the end of every epoch
     log_every: int = 10  # optimizer steps between log.jsonl / TensorBoard loss records
     amp: str = "auto"  # auto | bf16 | fp16 | off; auto = bf16 (or fp16) on GPU, off on CPU
@@ -156,6 +159,8 @@ def validate(cfg: TrainConfig) -> None:
                              f"augment in {AUGMENTS}")
     if len(cfg.data.input_size) != 2:
         raise ValueError("data.input_size: expected [W, H]")
+    if not 0 <= cfg.data.tall_share <= 1:
+        raise ValueError(f"data.tall_share={cfg.data.tall_share}: expected a share between 0 and 1")
 
 
 def to_dict(cfg: Any) -> Any:

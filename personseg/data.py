@@ -1,6 +1,6 @@
 """Datasets: every source turns into the same sample dict, ready for the training loop.
 
-    sample = dataset[i]  # or dataset[(i, seed)]: the sampler's way to vary augmentation per epoch
+    sample = dataset[i]  # or dataset[(i, seed, tall)]: the sampler's way to vary augmentation per epoch
     sample["image"]   (3, H, W) float, normalised with the ImageNet mean/std
     sample["mask"]    (1, H, W) float, 1 = person
     sample["valid"]   (1, H, W) float, 0 = ignored (padding, COCO crowd regions)
@@ -10,6 +10,12 @@
 Validation split (fixed): the files of a folder are sorted by name and every 10th one (the 10th,
 20th, ... file: index % 10 == 9) is validation, never trained on. Composites apply the rule to the
 cut-outs and to the backgrounds; COCO applies it to the images sorted by file name.
+
+Orientation: training batches come out at `input_size` (W, H) or, for a share of batches
+(`data.tall_share`), transposed to (H, W): portraits and full-body photos are taller than wide, and
+the predictor feeds them to the model in their own orientation, so the model must see tall people at
+that scale in training. Validation (no augmentation) then letterboxes each picture in the orientation
+of its own shape (`orient_val=True`, batch 1).
 
 Augmentation is seeded per sample (from the dataset seed and the index, or the seed the sampler
 hands over), so a sample is the same whatever worker or rank draws it, and a resumed run sees the
@@ -94,25 +100,32 @@ class SegDataset(Dataset):
     This class augments (or letterboxes) them to `size` = (W, H) and makes the tensors."""
 
     def __init__(self, source: str, size: tuple[int, int], augment: str = "none", seed: int = 0,
-                 with_sdm: bool = False):
+                 with_sdm: bool = False, orient_val: bool = False):
         self.source, self.size, self.seed, self.with_sdm = source, tuple(size), seed, with_sdm
-        self.augment = augment
-        self.pipeline = build_augment(augment, self.size) if augment != "none" else None
+        self.augment, self.orient_val = augment, orient_val
+        self.pipelines = {}  # tall -> Albumentations pipeline, built on first use
+
+    def pipeline(self, tall: bool):
+        if tall not in self.pipelines:
+            self.pipelines[tall] = build_augment(self.augment, self.size[::-1] if tall else self.size)
+        return self.pipelines[tall]
 
     def load(self, i: int, seed: int) -> dict[str, Any]:
         raise NotImplementedError
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        i, seed = key if isinstance(key, tuple) else (key, self.seed * 1_000_003 + key)
+    def __getitem__(self, key: int | tuple) -> dict[str, Any]:
+        """`key` = i, or (i, seed) / (i, seed, tall) from a sampler: tall = output size transposed."""
+        i, seed, tall = (key + (False,))[:3] if isinstance(key, tuple) else (key, self.seed * 1_000_003 + key, False)
         raw = self.load(i, seed)
         mask = raw["mask"]
         extra = {k: raw[k] for k in ("labels", "alpha") if k in raw}
         masks = [raw.get("valid", np.ones_like(mask))] + list(extra.values())
-        if self.pipeline is not None:
-            out = apply_augment(self.pipeline, raw["image"], mask, masks, seed)
+        if self.augment != "none":
+            out = apply_augment(self.pipeline(tall), raw["image"], mask, masks, seed)
             image, mask, masks = out["image"], out["mask"], out["masks"]
         else:
-            image, mask, masks = letterbox(raw["image"], mask, masks, self.size)
+            tall = tall or (self.orient_val and mask.shape[0] > mask.shape[1])
+            image, mask, masks = letterbox(raw["image"], mask, masks, self.size[::-1] if tall else self.size)
         sample = {"image": normalize(image), "mask": torch.from_numpy(mask[None].astype(np.float32)),
                   "valid": torch.from_numpy(masks[0][None].astype(np.float32))}
         for k, m in zip(extra, masks[1:]):
@@ -142,9 +155,10 @@ class FolderPairs(SegDataset):
 
     def __init__(self, root: str | Path, split: str = "train", size: tuple[int, int] = (320, 180),
                  augment: str = "none", limit: int = 0, val_every: int = VAL_EVERY, seed: int = 0,
-                 with_sdm: bool = False, source: str | None = None, mask_dir: str = "masks"):
+                 with_sdm: bool = False, source: str | None = None, mask_dir: str = "masks",
+                 orient_val: bool = False):
         self.root = Path(root)
-        super().__init__(source or self.root.name, size, augment, seed, with_sdm)
+        super().__init__(source or self.root.name, size, augment, seed, with_sdm, orient_val)
         masks = {p.stem: p for p in list_images(self.root / mask_dir)}
         images = list_images(self.root / "images")
         pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
@@ -180,9 +194,9 @@ class LabelMaps(SegDataset):
     def __init__(self, root: str | Path, split: str = "train", size: tuple[int, int] = (320, 180),
                  augment: str = "none", limit: int = 0, val_every: int = VAL_EVERY, seed: int = 0,
                  with_sdm: bool = False, source: str | None = None, return_labels: bool = False,
-                 part_classes: dict[str, list[int | str]] | None = None):
+                 part_classes: dict[str, list[int | str]] | None = None, orient_val: bool = False):
         self.root = Path(root)
-        super().__init__(source or self.root.name, size, augment, seed, with_sdm)
+        super().__init__(source or self.root.name, size, augment, seed, with_sdm, orient_val)
         labels = {p.stem: p for p in list_images(self.root / "labels")}
         pairs = [(p, labels[p.stem]) for p in list_images(self.root / "images") if p.stem in labels]
         pairs = split_items(pairs, split, val_every)
@@ -222,10 +236,11 @@ class CocoPersons(SegDataset):
 
     def __init__(self, images_dir: str | Path, annotation_json: str | Path, split: str = "train",
                  size: tuple[int, int] = (320, 180), augment: str = "none", limit: int = 0,
-                 val_every: int = VAL_EVERY, seed: int = 0, with_sdm: bool = False, source: str = "coco"):
+                 val_every: int = VAL_EVERY, seed: int = 0, with_sdm: bool = False, source: str = "coco",
+                 orient_val: bool = False):
         from pycocotools.coco import COCO  # optional source: import only when used
 
-        super().__init__(source, size, augment, seed, with_sdm)
+        super().__init__(source, size, augment, seed, with_sdm, orient_val)
         self.images_dir = Path(images_dir)
         with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
             self.coco = COCO(str(annotation_json))
@@ -262,8 +277,8 @@ class Composites(SegDataset):
                  max_people: int = 4, scale_range: tuple[float, float] = (0.15, 0.9), split: str = "train",
                  size: tuple[int, int] = (320, 180), augment: str = "strong", val_every: int = VAL_EVERY,
                  seed: int = 0, with_sdm: bool = False, source: str = "composites", return_alpha: bool = False,
-                 edge_sigma: float = 0.7):
-        super().__init__(source, size, augment, seed, with_sdm)
+                 edge_sigma: float = 0.7, orient_val: bool = False):
+        super().__init__(source, size, augment, seed, with_sdm, orient_val)
         self.foregrounds = split_items(list_images(Path(foregrounds)), split, val_every)
         self.backgrounds = split_items(list_images(Path(backgrounds)), split, val_every)
         self.length, self.min_people, self.max_people = length, min_people, max_people
@@ -353,7 +368,7 @@ class SyntheticClips(Dataset):
 
 
 class MixedDataset(Dataset):
-    """Training sources side by side; indexed by (source index, item index, seed) from `MixSampler`
+    """Training sources side by side; indexed by (source index, item index, seed, tall) from `MixSampler`
     (or by a flat int over the concatenation)."""
 
     def __init__(self, datasets: list[SegDataset], weights: list[float]):
@@ -366,10 +381,10 @@ class MixedDataset(Dataset):
         for d in self.datasets:
             d.with_sdm = on
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple) -> dict[str, Any]:
         if isinstance(key, tuple):
-            src, i, seed = key
-            return self.datasets[src][(i, seed)]
+            src, *rest = key
+            return self.datasets[src][tuple(rest)]
         for d in self.datasets:
             if key < len(d):
                 return d[key]
@@ -381,13 +396,16 @@ class MixSampler(Sampler):
     """Draws `num_samples` per epoch: the source by weight, the item from a per-source random
     permutation (so every file is seen before any repeats), an augmentation seed; then keeps every
     `world_size`-th draw from `rank` (like DistributedSampler, the same draws on every rank).
+    Yields (source, item, seed, tall); `tall` is drawn once per run of `batch_size` draws of this
+    rank (true with probability `tall_share`), so every batch has one orientation.
 
     `set_epoch(epoch, skip)` picks the epoch's draws and skips this rank's first `skip` (resuming)."""
 
     def __init__(self, sizes: list[int], weights: list[float], num_samples: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, batch_size: int = 1, tall_share: float = 0.0):
         self.sizes, self.weights, self.seed = sizes, torch.tensor(weights, dtype=torch.float64), seed
         self.rank, self.world_size = rank, world_size
+        self.batch_size, self.tall_share = batch_size, tall_share
         self.per_rank = math.ceil(num_samples / world_size)
         self.epoch, self.skip = 0, 0
 
@@ -408,7 +426,11 @@ class MixSampler(Sampler):
         for src, seed in zip(sources, seeds):
             draws.append((src, perms[src][counts[src] % self.sizes[src]], seed))
             counts[src] += 1
-        return iter(draws[self.rank::self.world_size][self.skip:])
+        mine = draws[self.rank::self.world_size]
+        g_tall = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1009 + self.rank)
+        tall = (torch.rand(-(-len(mine) // self.batch_size), generator=g_tall) < self.tall_share).tolist()
+        mine = [draw + (tall[j // self.batch_size],) for j, draw in enumerate(mine)]
+        return iter(mine[self.skip:])
 
 
 def build_source(src: SourceConfig, cfg: TrainConfig, split: str) -> SegDataset:
@@ -418,7 +440,7 @@ def build_source(src: SourceConfig, cfg: TrainConfig, split: str) -> SegDataset:
     augment = src.augment if split == "train" else "none"
     limit = src.limit if split == "train" else (cfg.data.val_limit or src.limit)
     common = dict(split=split, size=cfg.data.input_size, augment=augment, val_every=cfg.data.val_every,
-                  seed=cfg.seed, source=src.name)
+                  seed=cfg.seed, source=src.name, orient_val=cfg.data.tall_share > 0)
     if src.kind == "folder":
         return FolderPairs(path, limit=limit, **common)
     if src.kind == "labelmaps":
@@ -442,7 +464,8 @@ def build_train_dataset(cfg: TrainConfig) -> MixedDataset:
 
 def build_train_sampler(dataset: MixedDataset, cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> MixSampler:
     num = cfg.data.samples_per_epoch or len(dataset)
-    return MixSampler([len(d) for d in dataset.datasets], dataset.weights, num, cfg.seed, rank, world_size)
+    return MixSampler([len(d) for d in dataset.datasets], dataset.weights, num, cfg.seed, rank, world_size,
+                      cfg.optim.batch_size, cfg.data.tall_share)
 
 
 def build_val_datasets(cfg: TrainConfig) -> dict[str, SegDataset]:

@@ -203,10 +203,32 @@ def test_mix_sampler_shards_ranks_and_follows_weights():
     s.set_epoch(1)
     assert list(s) != single
     big = list(MixSampler(sizes, weights, 4000, seed=0))
-    share = np.bincount([src for src, _, _ in big]) / len(big)
+    share = np.bincount([src for src, *_ in big]) / len(big)
     assert np.allclose(share, [0.25, 0.25, 0.5], atol=0.03)
-    first = [i for src, i, _ in big if src == 1][:7]
+    first = [i for src, i, *_ in big if src == 1][:7]
     assert sorted(first) == list(range(7))  # every item once before any repeats
+    assert not any(tall for *_, tall in big)  # tall_share 0: every batch at the input size
+
+
+def test_mix_sampler_draws_one_orientation_per_batch():
+    draws = list(MixSampler([50], [1.0], 4000, seed=1, batch_size=8, tall_share=0.3))
+    talls = np.array([tall for *_, tall in draws]).reshape(-1, 8)
+    assert (talls == talls[:, :1]).all()
+    assert abs(talls[:, 0].mean() - 0.3) < 0.06
+    resumed = MixSampler([50], [1.0], 4000, seed=1, batch_size=8, tall_share=0.3)
+    resumed.set_epoch(0, skip=16)
+    assert list(resumed) == draws[16:]
+
+
+def test_tall_samples_and_orientation_aware_validation(data_dir):
+    ds = LabelMaps(data_dir / "ccp", size=(160, 96), augment="mild", limit=2)
+    assert ds[(0, 5, False)]["image"].shape == (3, 96, 160)
+    tall = ds[(0, 5, True)]
+    assert tall["image"].shape == (3, 160, 96) and tall["mask"].shape == (1, 160, 96)
+    assert tall["mask"].mean() > 0.1  # the crop still follows the person
+    val = LabelMaps(data_dir / "ccp", split="val", size=(160, 96), limit=1, orient_val=True)
+    assert val[0]["image"].shape == (3, 160, 96)  # ccp photos are taller than wide
+    assert LabelMaps(data_dir / "ccp", split="val", size=(160, 96), limit=1)[0]["image"].shape == (3, 96, 160)
 
 
 def test_build_datasets_from_config(data_dir):
