@@ -33,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint, read_checkpoint, save_checkpoint
+from personseg.checkpoint import (IMAGENET_MEAN, IMAGENET_STD, CheckpointError, load_checkpoint, read_checkpoint,
+                                  save_checkpoint)
 from personseg.config import TrainConfig, load_config, to_dict
 from personseg.data import build_train_dataset, build_train_sampler, build_val_datasets
 from personseg.losses import SegLoss
@@ -58,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, TypeError, ValueError, OSError) as e:
         print(f"personseg train: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-    train(cfg, args.out, resume=args.resume)
+    try:
+        train(cfg, args.out, resume=args.resume)
+    except (FileNotFoundError, CheckpointError, ValueError) as e:  # missing data, model.init, encoder file...
+        print(f"personseg train: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -86,7 +91,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
     loader_args = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
     loader = DataLoader(train_set, batch, sampler=sampler, drop_last=True, **loader_args,
                         generator=torch.Generator().manual_seed(cfg.seed))  # leaves the global RNG alone
-    val_loaders = {name: DataLoader(ds, batch, sampler=range(rank, len(ds), world), **loader_args,
+    val_batch = 1 if cfg.data.tall_share > 0 else batch  # per-picture orientation: batches of one
+    val_loaders = {name: DataLoader(ds, val_batch, sampler=range(rank, len(ds), world), **loader_args,
                                     persistent_workers=cfg.data.num_workers > 0)
                    for name, ds in build_val_datasets(cfg).items()}
     steps_per_epoch = sampler.per_rank // batch // accum
@@ -124,7 +130,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(out / "tb", purge_step=state["step"] or None)
     pbar = tqdm(total=total_steps, initial=state["step"], disable=not master, desc="train", dynamic_ncols=True)
-    metrics, t0 = {}, time.time()
+    metrics, t0, train_seconds = {}, time.time(), 0.0
 
     while state["step"] < total_steps:
         epoch = state["step"] // steps_per_epoch
@@ -133,6 +139,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
         criterion.boundary_weight = state["boundary_weight"]
         batches = iter(loader)
         for _ in range(state["step"] % steps_per_epoch, steps_per_epoch):
+            t_step = time.time()
             lr = lr_at(cfg, state, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -159,6 +166,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             step, end_of_epoch = state["step"], state["step"] % steps_per_epoch == 0
+            train_seconds += time.time() - t_step
+            if cfg.time_budget > 0 and out_of_time(train_seconds, cfg.time_budget, world, device):
+                total_steps = step  # the budget is spent: a final evaluation and checkpoint, then stop
 
             if step % cfg.log_every == 0 or step == total_steps:
                 parts_sum = mean_over_ranks(parts_sum, device) if world > 1 else parts_sum
@@ -189,7 +199,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
                     extra = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                              "state": dict(state), "rng": rng, "world_size": world}
                     save_checkpoints(out, raw_model, cfg, meta, extra, best=improved)
-                    append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, "lr": lr, **{
+                    append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, "lr": lr,
+                                                         "train_seconds": round(train_seconds, 1), **{
                         k: state[k] for k in ("boundary_weight", "plateaued", "bad_evals")}, "metrics": metrics})
                     log_eval(writer, raw_model, val_loaders, metrics, device, memory_format, step)
             if step >= total_steps:
@@ -323,6 +334,14 @@ def load_training_state(path: Path, model, optimizer, scaler, rank: int, master:
     return state
 
 
+def out_of_time(seconds: float, budget_minutes: float, world: int, device: torch.device) -> bool:
+    """Has training (evaluations excluded) used its budget? Rank 0's clock decides for every rank."""
+    flag = torch.tensor([float(seconds > budget_minutes * 60)], device=device)
+    if world > 1:
+        dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     names = sorted(values)
     t = torch.tensor([values[k] for k in names], dtype=torch.float64, device=device)
@@ -370,6 +389,7 @@ def log_eval(writer, model, loaders: dict[str, DataLoader], metrics: dict, devic
         samples = [loader.dataset[i] for i in range(min(4, len(loader.dataset)))]
         if not samples:
             continue
+        samples = [s for s in samples if s["image"].shape == samples[0]["image"].shape]  # one orientation
         x = torch.stack([s["image"] for s in samples])
         prob = torch.sigmoid(model(x.to(device, memory_format=memory_format)).float()).cpu()
         rows = [torch.cat([(img * std + mean).clamp(0, 1), s["mask"].expand(3, -1, -1), p.expand(3, -1, -1)], 2)

@@ -52,6 +52,21 @@ def test_smoke_recipe_end_to_end(data_dir, tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+def test_time_budget_and_portrait_batches(data_dir, tmp_path):
+    cfg = smoke(data_dir, "max_steps=1000", "time_budget=0.001", "data.tall_share=0.5", "tensorboard=false")
+    train(cfg, tmp_path)
+    metrics = read_jsonl(tmp_path / "metrics.jsonl")
+    assert metrics[-1]["step"] < 1000 and metrics[-1]["train_seconds"] >= 0.06  # stopped by the clock
+    assert set(metrics[-1]["metrics"]) == {"portraits", "ccp", "hsd", "composites", "pooled"}
+
+
+def test_missing_files_fail_in_one_line(data_dir, tmp_path, capsys):
+    assert main(["train", str(SMOKE), "--out", str(tmp_path), "--set", f"data.root={data_dir}",
+                 "--set", "model.init=nope.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "nope.pt: no such model file" in err and "Traceback" not in err
+
+
 def test_killed_run_resumes_with_the_same_loss_curve(data_dir, tmp_path):
     # 8 steps per epoch: the kill at step 6 is mid-epoch, and not an evaluation step (eval_every 5).
     # The boundary loss stays off (boundary_step 0) while the plateau still lowers lr: OpenCV's precise

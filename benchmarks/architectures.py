@@ -1,0 +1,84 @@
+"""Train every architecture the same way for the same time, then one table (issue: the default models).
+
+    python benchmarks/architectures.py --budget 10 --out runs/compare [--only NAME ...]
+
+Each entry trains with configs/compare.yaml (the seed recipe, the shipped model's data mix) for
+`--budget` minutes of training time on one math thread (evaluations excluded), from random
+initialisation unless it says `pretrained`, then scores the full validation split of every source
+(letterboxed to 320x180, as in training). A finished run is reused, so the script can be resumed.
+The table adds parameters, GFLOPs (one multiply-add = two FLOPs) and eager ms per 320x180 frame
+measured in this run (channels_last, batch 1, --threads), and the steps each model reached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_zoo import measure  # noqa: E402
+
+PRETRAINED_V2 = "../shared/pretrained/mobilenetv2_1.0_imagenet_bnfolded.pth"
+ENTRIES = {  # run name -> (model, kwargs); the pretrained-vs-scratch pair first
+    "unet_mobilenet_v2_pretrained": ("unet_mobilenet_v2", {"alpha": 1.0, "encoder_weights": PRETRAINED_V2}),
+    "unet_mobilenet_v2": ("unet_mobilenet_v2", {"alpha": 1.0}),
+    "unet_mobilenet_v3_0.3": ("unet_mobilenet_v3", {"alpha": 0.3}),
+    "unet_mobilenet_v1": ("unet_mobilenet_v1", {"alpha": 1.0}),
+    "deeplabv3plus": ("deeplabv3plus", {}),
+    "unet": ("unet", {}),
+}
+COLUMNS = ("iou", "dice", "precision", "recall", "auroc")
+
+
+def train(name: str, out: Path, budget: float) -> dict:
+    run = out / name
+    metrics_file = run / "metrics.jsonl"
+    if not metrics_file.is_file():
+        model, kwargs = ENTRIES[name]
+        cmd = [sys.executable, "-m", "personseg", "train", "configs/compare.yaml", "--out", str(run),
+               "--set", f"model.name={model}", "--set", f"model.kwargs={json.dumps(kwargs)}",
+               "--set", f"time_budget={budget}"]
+        print(" ".join(cmd), flush=True)
+        with open(out / f"{name}.log", "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    return json.loads(metrics_file.read_text().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=10.0, help="minutes of training per model")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    parser.add_argument("--only", nargs="*", choices=list(ENTRIES), help="a subset of the entries")
+    parser.add_argument("--threads", type=int, default=1, help="threads for the latency column")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(ENTRIES)
+    results = {name: train(name, args.out, args.budget) for name in names}
+    torch.set_num_threads(args.threads)
+    sources = list(next(iter(results.values()))["metrics"])
+    print(f"\n{args.budget:g} min of training each (one thread, evaluations excluded), 320x180, seed recipe; "
+          f"validation split letterboxed to 320x180; latency eager, batch 1, {args.threads} thread(s)")
+    print("| model | params (M) | GFLOPs | ms/frame | steps | " + " | ".join(f"{s} IoU" for s in sources) + " |")
+    print("|---" * (5 + len(sources)) + "|")
+    for name, r in results.items():
+        model, kwargs = ENTRIES[name]
+        kwargs = {k: v for k, v in kwargs.items() if k != "encoder_weights"}
+        cost = measure(model, kwargs, (320, 180), runs=10)
+        ious = " | ".join(f"{r['metrics'][s]['iou']:.4f}" for s in sources)
+        print(f"| {name} | {cost['params_m']:.2f} | {cost['gflops']:.2f} | {cost['ms']:.1f} | {r['step']} | {ious} |")
+    print("\nper source (pooled = all validation pixels):")
+    print("| model | source | " + " | ".join(COLUMNS) + " |")
+    print("|---" * (2 + len(COLUMNS)) + "|")
+    for name, r in results.items():
+        for source, m in r["metrics"].items():
+            print(f"| {name} | {source} | " + " | ".join(f"{m[k]:.4f}" for k in COLUMNS) + " |")
+    (args.out / "table.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
