@@ -4,8 +4,9 @@ Quality, on every DATA/video/<seq>/{frames,masks} clip (DAVIS-style, 854x480): J
 and flicker (of the pixels whose ground truth keeps its label between consecutive frames, the share
 whose predicted label changes; lower is steadier), for
   per-frame   the model on each frame alone
-  ema         + TemporalFilter("ema")   (motion-aware smoothing)
-  flow        + TemporalFilter("flow")  (smoothing after optical-flow warping)
+  ema-nohyst  + TemporalFilter("ema", hysteresis=0)   (motion-aware smoothing alone)
+  ema         + TemporalFilter("ema")   (motion-aware smoothing + hysteresis 0.2 around the threshold)
+  flow        + TemporalFilter("flow")  (the same after optical-flow warping)
   tracked     PersonTracker: a crop around the previous mask, full-frame re-detection every 30 frames
   recurrent   a recurrent checkpoint carrying its state (only with --recurrent CKPT)
 Caveats of the ground truth: dance-twirl's spectators are not masked (a person model finds them, and
@@ -42,33 +43,46 @@ def read_masks(folder: Path, limit: int | None):
         yield np.asarray(Image.open(path).convert("L")) > 127
 
 
-def methods(predictor, recurrent) -> dict:
-    """name -> a function making a fresh (segmenter, temporal filter) for one clip."""
-    table = {
-        "per-frame": lambda: (predictor, None),
-        "ema": lambda: (predictor, TemporalFilter("ema")),
-        "flow": lambda: (predictor, TemporalFilter("flow")),
-        "tracked": lambda: (PersonTracker(predictor), None),
+def filters(threshold: float) -> dict:
+    """name -> a function making a fresh temporal filter (None: none) for the per-frame model's output."""
+    return {
+        "per-frame": lambda: None,
+        "ema-nohyst": lambda: TemporalFilter("ema", threshold=threshold, hysteresis=0.0),
+        "ema": lambda: TemporalFilter("ema", threshold=threshold),
+        "flow": lambda: TemporalFilter("flow", threshold=threshold),
     }
-    if recurrent is not None:
-        table["recurrent"] = lambda: (RecurrentSegmenter(recurrent), None)
-    return table
 
 
 def quality(data: Path, predictor, recurrent, limit: int | None, batch_size: int) -> list[dict]:
+    """The per-frame model runs once per clip; each temporal filter then runs on its output (timed apart:
+    ms_per_frame = model + filter). The tracker and the recurrent model run the clip themselves."""
     rows = []
+
+    def add(seq, name, preds, seconds):
+        m = video_metrics(preds, read_masks(seq / "masks", limit))
+        rows.append({"sequence": seq.name, "method": name, **m, "ms_per_frame": 1000 * seconds / len(preds)})
+        print(f"{seq.name:14s} {name:10s} J {m['J']:.3f}  flicker {m['flicker']:.4f}  "
+              f"{rows[-1]['ms_per_frame']:.0f} ms/frame", flush=True)
+
     for seq in sorted(p for p in (data / "video").iterdir() if (p / "frames").is_dir()):
-        for name, make in methods(predictor, recurrent).items():
-            segmenter, smoother = make()
-            threshold = (recurrent if name == "recurrent" else predictor).threshold
-            source = FolderSource(seq / "frames", limit=limit)
+        start = time.perf_counter()
+        frames = list(segment_frames(FolderSource(seq / "frames", limit=limit), predictor, None, batch_size))
+        model_seconds = time.perf_counter() - start
+        for name, make in filters(predictor.threshold).items():
+            smoother = make()
             start = time.perf_counter()
-            preds = [alpha >= threshold for _, alpha in segment_frames(source, segmenter, smoother, batch_size)]
-            seconds = time.perf_counter() - start
-            m = video_metrics(preds, read_masks(seq / "masks", limit))
-            rows.append({"sequence": seq.name, "method": name, **m, "ms_per_frame": 1000 * seconds / len(preds)})
-            print(f"{seq.name:14s} {name:10s} J {m['J']:.3f}  flicker {m['flicker']:.4f}  "
-                  f"{rows[-1]['ms_per_frame']:.0f} ms/frame", flush=True)
+            alphas = [smoother(f.rgb, a) if smoother else a for f, a in frames]
+            add(seq, name, [a >= predictor.threshold for a in alphas], model_seconds + time.perf_counter() - start)
+        del frames
+        others = {"tracked": PersonTracker(predictor)}
+        if recurrent is not None:
+            others["recurrent"] = RecurrentSegmenter(recurrent)
+        for name, segmenter in others.items():
+            threshold = (recurrent if name == "recurrent" else predictor).threshold
+            start = time.perf_counter()
+            preds = [a >= threshold for _, a in segment_frames(FolderSource(seq / "frames", limit=limit),
+                                                                 segmenter, None, batch_size)]
+            add(seq, name, preds, time.perf_counter() - start)
     return rows
 
 

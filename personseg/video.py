@@ -371,14 +371,23 @@ class TemporalFilter:
     mode "flow" first warps `prev` (and the previous gray frame) to the current frame by dense optical
     flow (OpenCV Farneback at `work_width` pixels wide), so a person moving smoothly is smoothed too,
     not only the still parts. "ema" skips the flow: cheaper, and enough for mostly static shots.
+
+    Then hysteresis on the mask the output will give at `threshold`: a pixel that was person stays
+    person until its probability falls below threshold - `hysteresis`, a background pixel turns person
+    only above threshold + `hysteresis` (such pixels get the threshold's value, or just under it). The
+    smoothing alone removes little of the flicker a panning camera causes; the hysteresis removes the
+    on/off wobble of pixels near the threshold (measured in benchmarks/video.py). 0 turns it off.
     """
 
     def __init__(self, mode: str = "ema", strength: float = 0.7, sigma_image: float = 10.0,
-                 sigma_prob: float = 0.3, work_width: int = 320):
+                 sigma_prob: float = 0.3, work_width: int = 320, threshold: float = 0.5, hysteresis: float = 0.2):
         if mode not in ("ema", "flow"):
             raise ValueError(f"temporal mode {mode!r}: choose ema or flow")
+        if not 0 <= hysteresis < 1:
+            raise ValueError(f"hysteresis {hysteresis}: expected a probability margin in [0, 1)")
         self.mode, self.strength = mode, strength
         self.sigma_image, self.sigma_prob, self.work_width = sigma_image, sigma_prob, work_width
+        self.threshold, self.hysteresis = threshold, hysteresis
         self.reset()
 
     def reset(self) -> None:
@@ -412,6 +421,12 @@ class TemporalFilter:
         d_prob = prev - prob
         w = self.strength * np.exp(-np.square(d_image / self.sigma_image) - np.square(d_prob / self.sigma_prob))
         out = prob + w * d_prob
+        if self.hysteresis > 0:
+            t = self.threshold
+            m = min(self.hysteresis, t, 1 - t)
+            was_on = prev >= t
+            out[was_on & (out < t) & (out >= t - m)] = t  # stays person
+            out[~was_on & (out >= t) & (out < t + m)] = np.nextafter(np.float32(t), np.float32(0))  # stays background
         self.prev, self.prev_gray = out, gray
         return out
 
@@ -697,15 +712,15 @@ def check_outputs(output: Path, output_kind: str, save_masks: Path | None, overw
 
 def process_video(source: str | Path | int, output: str | Path, predictor: Predictor, *,
                   background: render.Background | BackgroundVideo = "blur", output_kind: str = "composite",
-                  save_masks: str | Path | None = None, temporal: str = "off", track: bool = False,
-                  batch_size: int = 4, threshold: float | None = None, overwrite: bool = False,
+                  save_masks: str | Path | None = None, temporal: str = "off", hysteresis: float = 0.2,
+                  track: bool = False, batch_size: int = 4, threshold: float | None = None, overwrite: bool = False,
                   fps: float | None = None, progress: bool = False, queue_size: int | None = None) -> VideoSummary:
     """Segment a video (file, folder of frames or camera index) into `output`; see the module doc.
 
     output_kind "composite": the person over `background` (H.264 mp4/mov/mkv, audio copied); "masks": the
     0/255 mask as a video (audio copied); "alpha": RGBA, a .mov (QuickTime Animation) or a PNG folder.
     `save_masks`: a folder for 0/255 PNG masks named by 0-based frame index. `temporal`: off, ema or
-    flow (`TemporalFilter`). `track`: segment a crop around the person (`PersonTracker`). `fps` is the
+    flow (`TemporalFilter`, with `hysteresis`). `track`: segment a crop around the person (`PersonTracker`). `fps` is the
     frame rate of folders and cameras. Raises `VideoError` (bad input, with `partial` set if
     something was kept), ValueError, FileNotFoundError or FileExistsError (bad arguments, nothing
     written).
@@ -716,7 +731,7 @@ def process_video(source: str | Path | int, output: str | Path, predictor: Predi
     if temporal not in TEMPORAL_MODES:
         raise ValueError(f"temporal mode {temporal!r}: choose {', '.join(TEMPORAL_MODES)}")
     segmenter = make_segmenter(predictor, track, threshold)
-    smoother = TemporalFilter(temporal) if temporal != "off" else None
+    smoother = TemporalFilter(temporal, threshold=threshold, hysteresis=hysteresis) if temporal != "off" else None
     src = open_source(source, fps)
     try:
         check_outputs(output, output_kind, save_masks, overwrite, None if isinstance(src, CameraSource) else src.path)

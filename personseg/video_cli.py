@@ -70,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steady the masks over time: ema (motion-aware smoothing: still parts steady, "
                              "moving parts follow at once), flow (the same after warping the previous mask "
                              "by optical flow; slower) or off (default: ema)")
+    parser.add_argument("--hysteresis", type=float, default=0.2, metavar="M",
+                        help="with --temporal ema/flow: a person pixel stays person until its probability "
+                             "falls M below the threshold, a background pixel needs M above it to turn; "
+                             "stops pixels near the threshold blinking (default: 0.2, 0 = off)")
     parser.add_argument("--track", action="store_true",
                         help="segment a crop around the person found in the previous frames (more detail "
                              "for small people; the full frame is searched again every 30 frames)")
@@ -110,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = process_video(
             args.input, args.output, predictor, background=background, output_kind=args.output_kind,
-            save_masks=args.save_masks, temporal=args.temporal, track=args.track, batch_size=args.batch_size,
+            save_masks=args.save_masks, temporal=args.temporal, hysteresis=args.hysteresis, track=args.track,
+            batch_size=args.batch_size,
             threshold=args.threshold, overwrite=args.overwrite, fps=args.fps,
             progress=not args.quiet and sys.stderr.isatty())
     except VideoError as e:

@@ -256,6 +256,24 @@ def test_temporal_filter_damps_flicker_on_a_still_scene():
     assert np.std(smooth[5:], axis=0).mean() < 0.7 * np.std(raw[5:], axis=0).mean()
 
 
+def test_temporal_hysteresis_stops_on_off_wobble_near_the_threshold():
+    rgb, mask = next(square_clip())
+
+    def flips(hysteresis: float) -> int:
+        rng = np.random.default_rng(3)
+        smoother = TemporalFilter("ema", strength=0.0, hysteresis=hysteresis)  # no smoothing: hysteresis alone
+        prev, n = None, 0
+        for _ in range(10):
+            prob = np.clip(mask * 0.3 + 0.35 + rng.normal(0, 0.1, mask.shape), 0, 1).astype(np.float32)
+            on = smoother(rgb, prob) >= 0.5
+            n += 0 if prev is None else np.count_nonzero(on != prev)
+            prev = on
+        return n
+
+    assert flips(0.0) > 1000
+    assert flips(0.2) < 0.1 * flips(0.0)  # measured 6%
+
+
 # ------------------------------------------------------------------------------------ tracker
 
 class BrightPredictor:
