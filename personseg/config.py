@@ -55,6 +55,7 @@ class DataConfig:
     input_size: tuple[int, int] = (320, 180)  # (W, H), 16:9
     val_every: int = 10  # the split rule: every 10th file (sorted by name) of a folder is validation
     samples_per_epoch: int = 0  # 0 = the sum of the training sources' sizes
+    clip_length: int = 0  # > 0: train on moving clips of this many frames made from the stills (recurrent models)
     tall_share: float = 0.0  # share of batches at input_size transposed (portrait); > 0 also validates tall
     # pictures in portrait orientation (one picture per batch)
     num_workers: int = 4

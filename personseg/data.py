@@ -331,22 +331,29 @@ class Composites(SegDataset):
 class SyntheticClips(Dataset):
     """Clips of `length` frames from still images by a smooth random affine motion (for video models).
 
-    Returns dict(frames (T, 3, H, W), masks (T, 1, H, W), valid (T, 1, H, W), name, source): the
-    still's sample moved from one random pose (shift up to `max_shift` of the size, rotation up to
-    `max_angle` degrees, zoom up to `max_zoom`) to another with a cosine ease; pixels that come from
-    outside the picture are invalid. Deterministic given (seed, index)."""
+    Returns dict(frames (T, 3, H, W), masks (T, 1, H, W), valid (T, 1, H, W), name, source, and sdm
+    (T, 1, H, W) per frame when `with_sdm`): the still's sample moved from one random pose (shift up to
+    `max_shift` of the size, rotation up to `max_angle` degrees, zoom up to `max_zoom`) to another with
+    a cosine ease; pixels that come from outside the picture are invalid. Deterministic given the key:
+    an index, or a sampler's (source, item, seed, tall) key for a `MixedDataset` (its seed drives the
+    motion too)."""
 
     def __init__(self, dataset: Dataset, length: int = 8, seed: int = 0, max_shift: float = 0.1,
                  max_angle: float = 8.0, max_zoom: float = 0.15):
         self.dataset, self.length, self.seed = dataset, length, seed
         self.max_shift, self.max_angle, self.max_zoom = max_shift, max_angle, max_zoom
+        self.with_sdm = False
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.dataset[i]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+    def set_sdm(self, on: bool) -> None:
+        self.with_sdm = on  # computed on the moved masks, not taken from the still
+
+    def __getitem__(self, key: int | tuple) -> dict[str, Any]:
+        s = self.dataset[key]
+        motion_seed = key[2] if isinstance(key, tuple) else key
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + motion_seed)
         limits = torch.tensor([self.max_shift, self.max_shift, math.radians(self.max_angle), self.max_zoom])
         start, end = [(torch.rand(4, generator=g) * 2 - 1) * limits for _ in range(2)]
         t = torch.linspace(0, 1, self.length)
@@ -363,8 +370,12 @@ class SyntheticClips(Dataset):
             return F.grid_sample(x.expand(self.length, *x.shape), grid, mode=mode, padding_mode="zeros",
                                  align_corners=False)
 
-        return {"frames": warp(s["image"], "bilinear"), "masks": warp(s["mask"], "nearest"),
+        clip = {"frames": warp(s["image"], "bilinear"), "masks": warp(s["mask"], "nearest"),
                 "valid": warp(s["valid"], "nearest"), "name": s["name"], "source": s["source"]}
+        if self.with_sdm:
+            clip["sdm"] = torch.stack([torch.from_numpy(signed_distance_map(m[0].numpy() > 0.5))[None]
+                                       for m in clip["masks"]])
+        return clip
 
 
 class MixedDataset(Dataset):
@@ -454,15 +465,18 @@ def build_source(src: SourceConfig, cfg: TrainConfig, split: str) -> SegDataset:
     raise ValueError(f"source {src.name}: unknown kind {src.kind!r}")
 
 
-def build_train_dataset(cfg: TrainConfig) -> MixedDataset:
-    """The training mix of every source with weight > 0."""
+def build_train_dataset(cfg: TrainConfig) -> MixedDataset | SyntheticClips:
+    """The training mix of every source with weight > 0; moving clips of it when `data.clip_length` > 0."""
     sources = [s for s in cfg.data.sources if s.weight > 0]
     if not sources:
         raise ValueError("data.sources: no source with weight > 0 to train on")
-    return MixedDataset([build_source(s, cfg, "train") for s in sources], [s.weight for s in sources])
+    mix = MixedDataset([build_source(s, cfg, "train") for s in sources], [s.weight for s in sources])
+    return SyntheticClips(mix, cfg.data.clip_length, seed=cfg.seed) if cfg.data.clip_length else mix
 
 
-def build_train_sampler(dataset: MixedDataset, cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> MixSampler:
+def build_train_sampler(dataset: MixedDataset | SyntheticClips, cfg: TrainConfig, rank: int = 0,
+                        world_size: int = 1) -> MixSampler:
+    dataset = dataset.dataset if isinstance(dataset, SyntheticClips) else dataset
     num = cfg.data.samples_per_epoch or len(dataset)
     return MixSampler([len(d) for d in dataset.datasets], dataset.weights, num, cfg.seed, rank, world_size,
                       cfg.optim.batch_size, cfg.data.tall_share)

@@ -40,6 +40,7 @@ from personseg.data import build_train_dataset, build_train_sampler, build_val_d
 from personseg.losses import SegLoss
 from personseg.metrics import BinaryMetrics
 from personseg.models import create_model
+from personseg.models.recurrent import ClipRunner, RecurrentUNetMobileNet
 from personseg.qat import QATModel
 
 
@@ -105,7 +106,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)  # the same initial weights for any number of ranks
     model = create_model(cfg.model.name, **cfg.model.kwargs)
     if cfg.model.init:
-        model.load_state_dict(load_checkpoint(cfg.model.init)[0].state_dict())
+        load_init(model, cfg.model.init, master)
     if cfg.qat:  # fake int8; its state_dict stays the float model's, so checkpoints and --resume are unchanged
         model = QATModel(model)
     model = model.to(device, memory_format=memory_format)
@@ -118,9 +119,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
     seed_everything(cfg.seed + rank)
     if resume:
         state = load_training_state(out / "last.pt", model, optimizer, scaler, rank, master)
-    raw_model = model
+    raw_model = model  # what checkpoints hold
+    # `net` is what runs: a recurrent model through clips (stills as one-frame clips)
+    net = ClipRunner(model, memory_format) if isinstance(model, RecurrentUNetMobileNet) else model
+    model = net
     if world > 1:
-        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        model = DDP(net, device_ids=[local_rank] if device.type == "cuda" else None)
 
     writer = None
     if master:
@@ -147,7 +151,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
             parts_sum: dict[str, float] = {}
             for micro in range(accum):
                 b = next(batches)
-                x = b["image"].to(device, non_blocking=True, memory_format=memory_format)
+                if "frames" in b:  # clips (B, T, ...): the ClipRunner gives (B * T, ...) logits
+                    x = b["frames"].to(device, non_blocking=True)
+                    b = {k: b[k].flatten(0, 1) for k in ("masks", "valid", "sdm") if k in b}
+                    b["mask"] = b.pop("masks")
+                else:
+                    x = b["image"].to(device, non_blocking=True, memory_format=memory_format)
                 target, valid = b["mask"].to(device), b["valid"].to(device)
                 sdm = b["sdm"].to(device) if "sdm" in b else None
                 sync = micro == accum - 1 or world == 1  # all-reduce gradients on the last micro-step only
@@ -184,7 +193,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
                 if world > 1:  # BatchNorm statistics drift apart across ranks: evaluate (and save) rank 0's
                     for buffer in raw_model.buffers():
                         dist.broadcast(buffer, 0)
-                metrics = evaluate(raw_model, val_loaders, device, autocast, memory_format)
+                metrics = evaluate(net, val_loaders, device, autocast, memory_format)
                 iou = metrics["pooled"]["iou"]
                 if scheduled and update_schedule(state, iou, cfg) and master:  # an extra final eval does not count
                     tqdm.write(f"step {step}: val IoU plateaued at {state['best_iou']:.4f}, boundary loss on, lr down")
@@ -202,7 +211,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
                     append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, "lr": lr,
                                                          "train_seconds": round(train_seconds, 1), **{
                         k: state[k] for k in ("boundary_weight", "plateaued", "bad_evals")}, "metrics": metrics})
-                    log_eval(writer, raw_model, val_loaders, metrics, device, memory_format, step)
+                    log_eval(writer, net, val_loaders, metrics, device, memory_format, step)
             if step >= total_steps:
                 break
 
@@ -332,6 +341,21 @@ def load_training_state(path: Path, model, optimizer, scaler, rank: int, master:
                 (path.parent / name).write_text("".join(line + "\n" for line in kept))
         tqdm.write(f"resuming {path} at step {state['step']}")
     return state
+
+
+def load_init(model: torch.nn.Module, path: str, master: bool) -> None:
+    """Start from a checkpoint's weights. A recurrent model may start from its stateless twin: only
+    its ConvGRU cells (decoder.grus.*) are then missing, and they keep their fresh initialisation."""
+    state = load_checkpoint(path)[0].state_dict()
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a size mismatch
+        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: {str(e).splitlines()[-1]}") from e
+    if unexpected or any(not k.startswith("decoder.grus.") for k in missing):
+        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__} (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}); model.init needs a checkpoint of the same model")
+    if missing and master:
+        tqdm.write(f"model.init {path}: {len(missing)} tensors of the recurrent cells start fresh")
 
 
 def out_of_time(seconds: float, budget_minutes: float, world: int, device: torch.device) -> bool:

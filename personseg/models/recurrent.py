@@ -79,6 +79,25 @@ class RecurrentUNetMobileNet(UNetMobileNet):
         return self.head(y)[..., :h, :w], state
 
 
+class ClipRunner(nn.Module):
+    """A recurrent model over clips, for training and validation: (B, T, 3, H, W) -> (B * T, 1, H, W)
+    logits (batch-major, like `clip.flatten(0, 1)`), the state carried from frame to frame and zeros
+    before the first; (B, 3, H, W) stills run as one-frame clips. Holds no weights of its own."""
+
+    def __init__(self, model: RecurrentUNetMobileNet, memory_format=torch.contiguous_format):
+        super().__init__()
+        self.model, self.memory_format = model, memory_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return self.model(x)[0]
+        state, outputs = None, []
+        for t in range(x.shape[1]):
+            logits, state = self.model(x[:, t].contiguous(memory_format=self.memory_format), state)
+            outputs.append(logits)
+        return torch.stack(outputs, 1).flatten(0, 1)
+
+
 # Same decoder widths as the stateless unet_mobilenet_v2 / _v3.
 @register_model("recurrent_unet_mobilenet_v2")
 def recurrent_unet_mobilenet_v2(alpha: float = 1.0, decoder_channels=(96, 32, 24, 16, 16), **kwargs):
