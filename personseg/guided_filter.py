@@ -160,7 +160,9 @@ def refine_alpha(image_rgb_uint8: np.ndarray, alpha_lr: np.ndarray, r: int | Non
     if r is None:
         r = default_radius(*alpha_lr.shape)
     with torch.inference_mode():
-        guide = torch.from_numpy(np.ascontiguousarray(image_rgb_uint8)).permute(2, 0, 1)[None]
+        image = np.ascontiguousarray(image_rgb_uint8)
+        image = image if image.flags.writeable else image.copy()  # torch warns on read-only arrays (PIL's)
+        guide = torch.from_numpy(image).permute(2, 0, 1)[None]
         guide = guide.float().div_(255)
         src = torch.from_numpy(np.ascontiguousarray(alpha_lr, dtype=np.float32))[None, None]
         out = fast_guided_filter(guide, src, r, eps)[0, 0].clamp_(0, 1)
