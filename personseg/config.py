@@ -37,6 +37,7 @@ class SourceConfig:
     limit: int = 0  # use only the first N files of each split (0 = all); for smoke runs
     annotations: str = ""  # coco: annotation json, relative to the source path
     length: int = 1000  # composites: samples per epoch (its validation set has length // 10)
+    people: tuple[int, int] = (1, 4)  # composites: cut-outs per scene, min and max; (0, 0) = person-free scenes
 
 
 def _default_sources() -> list[SourceConfig]:
@@ -158,6 +159,8 @@ def validate(cfg: TrainConfig) -> None:
         if src.kind not in SOURCE_KINDS or src.augment not in AUGMENTS or not src.name:
             raise ValueError(f"data.sources.{i} ({src.name or 'no name'}): needs a name, kind in {SOURCE_KINDS}, "
                              f"augment in {AUGMENTS}")
+        if len(src.people) != 2 or not 0 <= src.people[0] <= src.people[1]:
+            raise ValueError(f"data.sources.{i}.people={list(src.people)}: expected [min, max] with 0 <= min <= max")
     if len(cfg.data.input_size) != 2:
         raise ValueError("data.input_size: expected [W, H]")
     if not 0 <= cfg.data.tall_share <= 1:

@@ -461,7 +461,8 @@ def build_source(src: SourceConfig, cfg: TrainConfig, split: str) -> SegDataset:
                            path / (src.annotations or "annotations.json"), limit=limit, **common)
     if src.kind == "composites":
         length = src.length if split == "train" else max(1, src.length // cfg.data.val_every)
-        return Composites(path / "foregrounds", path / "backgrounds", length=limit or length, **common)
+        return Composites(path / "foregrounds", path / "backgrounds", length=limit or length,
+                          min_people=src.people[0], max_people=src.people[1], **common)
     raise ValueError(f"source {src.name}: unknown kind {src.kind!r}")
 
 

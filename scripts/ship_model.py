@@ -23,7 +23,7 @@ import torch
 
 import personseg
 from personseg.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from personseg.data import write_composite_folder
+from personseg.data import list_images, split_items, write_composite_folder
 from personseg.evaluate import evaluate_folders, list_pairs, read_mask
 from personseg.imageio import read_image
 from personseg.predict import WEIGHTS_DIR
@@ -41,7 +41,22 @@ def score(predictor, data_root: Path) -> dict:
         people = write_composite_folder(data_root, Path(tmp) / "people")
         m = evaluate_folders(predictor, [people], split="all")["overall"]
         card["people"] = {k: m[k] for k in (*METRICS, "images")}
+    card["person_free"] = person_free(predictor, data_root)
     return card
+
+
+def person_free(predictor, data_root: Path) -> dict:
+    """Share of the pixels called person where there is no one: the validation backgrounds of composites/
+    (scenes) and scikit-image's chelsea (a cat), coffee (a cup) and rocket (a launch pad at night)."""
+    from skimage import data
+
+    def share(rgb: np.ndarray) -> float:
+        return float((predictor.predict(rgb) >= predictor.threshold).mean())
+
+    backgrounds = split_items(list_images(data_root / "composites" / "backgrounds"), "val")
+    result = {"backgrounds": statistics.mean(share(read_image(p)) for p in backgrounds),
+              "backgrounds_images": len(backgrounds)}
+    return {**result, **{name: share(getattr(data, name)()) for name in ("chelsea", "coffee", "rocket")}}
 
 
 def calibrate_threshold(predictor, data_root: Path, per_folder: int = 40) -> tuple[float, dict]:
@@ -133,6 +148,7 @@ def main() -> None:
     for name in FOLDERS:
         g, b = card[name], card["bilinear"][name]
         print(f"| {name} | {g['iou']:.4f} | {b['iou']:.4f} | {g['boundary_f']:.4f} | {b['boundary_f']:.4f} |")
+    print(f"share of pixels called person where there is no one: {card['person_free']}")
     print(f"speed: {card['speed']}")
 
 

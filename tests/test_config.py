@@ -78,7 +78,7 @@ def test_cli_reports_config_errors_without_a_traceback(capsys):
     assert "unknown config key 'optim.lrr'; valid keys under optim: lr," in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "default.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_recipes_load(name):
     cfg = load_config(REPO / "configs" / name)
     assert yaml.safe_load(yaml.safe_dump(to_dict(cfg)))["model"]["name"] == cfg.model.name

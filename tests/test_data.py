@@ -220,6 +220,17 @@ def test_mix_sampler_draws_one_orientation_per_batch():
     assert list(resumed) == draws[16:]
 
 
+def test_person_free_composites(data_dir, tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("data:\n  input_size: [160, 96]\n  sources:\n"
+                        "    - {name: empty, kind: composites, path: composites, people: [0, 0], length: 20}\n")
+    cfg = load_config(cfg_file, [f"data.root={data_dir}"])
+    train = build_train_dataset(cfg)
+    assert all(train[(0, i, seed, False)]["mask"].sum() == 0 for i, seed in [(0, 1), (3, 2), (7, 3)])
+    with pytest.raises(ValueError, match="people"):
+        load_config(cfg_file, ["data.sources.0.people=[2, 1]"])
+
+
 def test_tall_samples_and_orientation_aware_validation(data_dir):
     ds = LabelMaps(data_dir / "ccp", size=(160, 96), augment="mild", limit=2)
     assert ds[(0, 5, False)]["image"].shape == (3, 96, 160)
