@@ -278,7 +278,7 @@ def test_temporal_hysteresis_stops_on_off_wobble_near_the_threshold():
 
 class BrightPredictor:
     """Stands in for a Predictor: the 'person' is every bright pixel. Records the sizes it was given."""
-    threshold, info = 0.5, {}
+    threshold, info, input_size = 0.5, {}, (32, 18)
 
     def __init__(self):
         self.sizes = []
@@ -298,6 +298,7 @@ def test_tracker_segments_a_crop_and_redetects():
     full = [s for s in predictor.sizes if s == (90, 160)]
     assert len(full) == 8 and tracker.detections == 2  # frames 0-3 detect, 4-7 crop, 8-11 re-detect
     assert all(s[0] < 90 and s[1] < 160 for s in predictor.sizes[4:8])
+    assert all(abs(s[1] / s[0] - 160 / 90) < 0.1 and s[1] >= 32 for s in predictor.sizes[4:8])  # frame-shaped
     tracker.predict_batch([np.zeros((90, 160, 3), np.uint8)] * 4)  # nobody: the track is lost
     assert tracker.box is None
 
