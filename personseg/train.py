@@ -122,9 +122,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
     raw_model = model  # what checkpoints hold
     # `net` is what runs: a recurrent model through clips (stills as one-frame clips)
     net = ClipRunner(model, memory_format) if isinstance(model, RecurrentUNetMobileNet) else model
-    model = net
-    if world > 1:
-        model = DDP(net, device_ids=[local_rank] if device.type == "cuda" else None)
+    model = DDP(net, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else net
 
     writer = None
     if master:
