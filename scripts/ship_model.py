@@ -100,6 +100,19 @@ def speed(predictor, threads: int) -> dict:
             "predict_ms_1280x720": statistics.median(full) * 1e3}
 
 
+def remeasure_speed(name: str, threads: int) -> None:
+    """Replace the speed figures in the card of the shipped `name`; the weights stay as they are."""
+    target = WEIGHTS_DIR / f"{name}.pt"
+    ckpt = read_checkpoint(target)
+    model, info = load_checkpoint(target)
+    meta = ckpt["meta"]
+    meta["card"]["speed"] = speed(personseg.load(name), threads)
+    save_checkpoint(target, model, meta=meta, half=True, **{k: info[k] for k in (
+        "arch", "model_kwargs", "input_size", "mean", "std", "threshold")})
+    assert torch.equal(read_checkpoint(target)["state_dict"]["head.weight"], ckpt["state_dict"]["head.weight"])
+    print(f"{target}: speed {meta['card']['speed']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -110,7 +123,12 @@ def main() -> None:
                         help="pick the threshold with the best IoU on training images (not validation)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("W", "H"),
                         help="ship with another pixel budget than the training run's (a speed preset)")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only re-measure the speed of the already shipped NAME (on a quiet machine)")
     args = parser.parse_args()
+    if args.speed_only:
+        remeasure_speed(args.name, args.threads)
+        return
 
     ckpt = read_checkpoint(args.checkpoint)
     model, info = load_checkpoint(args.checkpoint)
