@@ -1,6 +1,6 @@
 """The model card's pictures: shipped models on the public-domain photos inside scikit-image.
 
-    python scripts/model_card_pictures.py --out docs/model_card.png
+    python scripts/model_card_pictures.py --out docs/model_card.jpg
 
 One row per photo: the photo | `accurate`'s cut-out on a checkerboard | `fast`'s, with the share of the
 frame each calls person. Photos: astronaut and camera (people), chelsea (a cat), coffee and rocket (no
@@ -41,26 +41,26 @@ def label(image: np.ndarray, text: str) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("docs/model_card.png"))
+    parser.add_argument("--out", type=Path, default=Path("docs/model_card.jpg"))
     args = parser.parse_args()
     models = {name: personseg.load(name) for name in ("accurate", "fast")}
     rows = []
     for photo in PHOTOS:
         rgb = getattr(data, photo)()
         rgb = np.stack([rgb] * 3, -1) if rgb.ndim == 2 else rgb[..., :3]
-        tiles = [label(rgb, photo)]
+        tiles = [(rgb, photo)]
         for name, model in models.items():
             alpha = model.predict(rgb)
             share = float((alpha >= model.threshold).mean())
-            tiles.append(label(cutout(rgb, alpha), f"{name}: {share:.0%} person"))
-        row = np.concatenate(tiles, 1)
-        rows.append(cv2.resize(row, (round(row.shape[1] * ROW_HEIGHT / row.shape[0]), ROW_HEIGHT),
-                               interpolation=cv2.INTER_AREA))
+            tiles.append((cutout(rgb, alpha), f"{name}: {share:.0%} person"))
+        size = (round(rgb.shape[1] * ROW_HEIGHT / rgb.shape[0]), ROW_HEIGHT)
+        rows.append(np.concatenate([label(cv2.resize(t, size, interpolation=cv2.INTER_AREA), text)
+                                    for t, text in tiles], 1))
     width = max(r.shape[1] for r in rows)
     sheet = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
                             for r in rows])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(args.out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    cv2.imwrite(str(args.out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
     print(f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]})")
 
 
