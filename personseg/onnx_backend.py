@@ -94,4 +94,6 @@ class OnnxModel:
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().to("cpu", torch.float32).contiguous().numpy()  # ONNX tensors are NCHW-contiguous
+    """NCHW-contiguous float32, as ONNX wants. The copy is numpy's, single-threaded: a torch copy wakes
+    torch's thread pool, whose spinning threads then slowed ONNX Runtime's own (4.2 -> 7.0 ms a frame)."""
+    return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
