@@ -298,7 +298,7 @@ class PersonTracker:
             if self.box is None or self.since_detection >= self.redetect_every:
                 chunk_alphas = self.predictor.predict_batch(chunk, batch_size)
                 self.since_detection, self.detections = 0, self.detections + 1
-                if self.tiles > 1 and self.since_tiled >= self.redetect_every and self._box(chunk_alphas[-1]) is None:
+                if self.tiles > 1 and self.since_tiled >= self.redetect_every and not self._found(chunk_alphas[-1]):
                     tiled = self._tiled(chunk, batch_size)
                     chunk_alphas = [np.maximum(a, b) for a, b in zip(chunk_alphas, tiled)]
                     self.since_tiled = 0
@@ -332,11 +332,14 @@ class PersonTracker:
             alphas.append(alpha)
         return alphas
 
+    def _found(self, alpha: np.ndarray) -> bool:
+        return (alpha >= self.threshold).mean() >= self.min_area
+
     def _box(self, alpha: np.ndarray) -> tuple[int, int, int, int] | None:
         """The crop for the next frames, or None (search the full frame): lost, or the crop would be it."""
-        person = alpha >= self.threshold
-        if person.mean() < self.min_area:
+        if not self._found(alpha):
             return None
+        person = alpha >= self.threshold
         height, width = alpha.shape
         # the largest region and those at least a quarter its size: specks on the background do not count
         _, _, stats, _ = cv2.connectedComponentsWithStats(person.view(np.uint8), connectivity=8)

@@ -303,6 +303,24 @@ def test_tracker_segments_a_crop_and_redetects():
     assert tracker.box is None
 
 
+class DetailPredictor(BrightPredictor):
+    """Finds the bright pixels only in pictures at most 100 px wide: a model that needs detail."""
+
+    def predict_batch(self, images, batch_size=8):
+        alphas = super().predict_batch(images, batch_size)
+        return [a if im.shape[1] <= 100 else np.zeros_like(a) for im, a in zip(images, alphas)]
+
+
+def test_tracker_finds_a_person_too_small_for_the_full_frame_in_tiles():
+    predictor = DetailPredictor()
+    tracker = PersonTracker(predictor, redetect_every=8)
+    frames, masks = zip(*square_clip(frames=8, step=2))
+    alphas = tracker.predict_batch(list(frames), batch_size=4)
+    assert all(np.array_equal(a, m) for a, m in zip(alphas, masks))  # tiles, then a crop, found the square
+    assert predictor.sizes[:4] == [(90, 160)] * 4 and predictor.sizes[4:20] == [(50, 88)] * 16  # 4 frames x 4 tiles
+    assert all(s[1] <= 100 for s in predictor.sizes[20:])  # then the tracked crop, not the frame
+
+
 # ------------------------------------------------------------------------------------ recurrent
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: ~10x faster here
