@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import personseg
+from personseg.bench import time_runs
 from personseg.evaluate import evaluate_folders
 from personseg.export import calibration_images, calibration_inputs, export_onnx, quantize_int8
 from personseg.predict import Predictor
@@ -41,14 +42,8 @@ def score(predictor, data: Path, limit: int | None = None) -> dict:
 def latency_ms(model, size: tuple[int, int], runs: int) -> float:
     x = torch.randn(1, 3, size[1], size[0]).contiguous(memory_format=torch.channels_last)
     time.sleep(0.5)  # let the other backend's idle threads stop spinning first
-    times = []
     with torch.inference_mode():
-        for i in range(runs + 3):
-            start = time.perf_counter()
-            model(x)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        return statistics.median(time_runs(lambda: model(x), runs, warmup=3)) * 1e3
 
 
 def onnx_pair(checkpoint: str, fp32: Path, calib: list[Path]) -> tuple[Path, Path]:
