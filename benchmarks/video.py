@@ -57,16 +57,22 @@ def filters(threshold: float) -> dict:
     }
 
 
+def record(sequence: str, method: str, preds: list, truth, seconds: float) -> dict:
+    """One result row (J, flicker, ms per frame), printed as it comes."""
+    row = {"sequence": sequence, "method": method, **video_metrics(preds, truth),
+           "ms_per_frame": 1000 * seconds / len(preds)}
+    print(f"{sequence:14s} {method:10s} J {row['J']:.3f}  flicker {row['flicker']:.4f}  "
+          f"{row['ms_per_frame']:.0f} ms/frame", flush=True)
+    return row
+
+
 def quality(data: Path, predictor, recurrent, limit: int | None, batch_size: int) -> list[dict]:
     """The per-frame model runs once per clip; each temporal filter then runs on its output (timed apart:
     ms_per_frame = model + filter). The tracker and the recurrent model run the clip themselves."""
     rows = []
 
     def add(seq, name, preds, seconds):
-        m = video_metrics(preds, read_masks(seq / "masks", limit))
-        rows.append({"sequence": seq.name, "method": name, **m, "ms_per_frame": 1000 * seconds / len(preds)})
-        print(f"{seq.name:14s} {name:10s} J {m['J']:.3f}  flicker {m['flicker']:.4f}  "
-              f"{rows[-1]['ms_per_frame']:.0f} ms/frame", flush=True)
+        rows.append(record(seq.name, name, preds, read_masks(seq / "masks", limit), seconds))
 
     for seq in sorted(p for p in (data / "video").iterdir() if (p / "frames").is_dir()):
         start = time.perf_counter()
@@ -94,7 +100,7 @@ def small_people_clips(data: Path, count: int, frames: int = 48, size: tuple[int
     """`count` clips [(rgb, mask)] of one small cut-out moving (and growing or shrinking) over a background."""
     import cv2
 
-    from personseg.data import list_images, read_rgb, split_items
+    from personseg.data import list_images, paste, read_rgb, split_items
 
     root = data / "composites"
     fgs = split_items(list_images(root / "foregrounds"), "val")
@@ -117,10 +123,7 @@ def small_people_clips(data: Path, count: int, frames: int = 48, size: tuple[int
             x = round(x0 + (x1 - x0) * u - w / 2)
             y = round(foot0 + (foot1 - foot0) * u - h)
             image, alpha = bg.copy(), np.zeros((H, W), np.float32)
-            xa, ya, xb, yb = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
-            a = fg[ya - y:yb - y, xa - x:xb - x, 3:] / 255
-            image[ya:yb, xa:xb] = a * fg[ya - y:yb - y, xa - x:xb - x, :3] + (1 - a) * image[ya:yb, xa:xb]
-            alpha[ya:yb, xa:xb] = a[..., 0]
+            paste(image, alpha, fg[..., :3], fg[..., 3] / 255, x, y)
             clip.append((image.round().astype(np.uint8), alpha > 0.5))
         yield f"small-{k}", clip
 
@@ -132,11 +135,7 @@ def small_people(data: Path, predictor, count: int, batch_size: int) -> list[dic
         for method, segmenter in (("per-frame", predictor), ("tracked", PersonTracker(predictor))):
             start = time.perf_counter()
             preds = [a >= predictor.threshold for _, a in segment_frames(frames, segmenter, None, batch_size)]
-            seconds = time.perf_counter() - start
-            m = video_metrics(preds, [mask for _, mask in clip])
-            rows.append({"sequence": name, "method": method, **m, "ms_per_frame": 1000 * seconds / len(preds)})
-            print(f"{name:14s} {method:10s} J {m['J']:.3f}  flicker {m['flicker']:.4f}  "
-                  f"{rows[-1]['ms_per_frame']:.0f} ms/frame", flush=True)
+            rows.append(record(name, method, preds, [mask for _, mask in clip], time.perf_counter() - start))
     for method in ("per-frame", "tracked"):
         mine = [r for r in rows if r["method"] == method]
         print(f"small people, mean over {len(mine)} clips: {method:10s} J {np.mean([r['J'] for r in mine]):.3f}  "

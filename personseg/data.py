@@ -310,14 +310,8 @@ class Composites(SegDataset):
             rgb = np.pad(fg[..., :3].astype(np.float32), ((pad, pad), (pad, pad), (0, 0)), mode="edge")
             x = int(rng.integers(-w // 2, W - w // 2)) - pad
             y = int(rng.integers(-h // 4, max(-h // 4 + 1, H - 3 * h // 4))) - pad
-            # paste the part that lands inside the background
-            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + a.shape[1], W), min(y + a.shape[0], H)
-            if x1 <= x0 or y1 <= y0:
-                continue
-            pa, pr = a[y0 - y:y1 - y, x0 - x:x1 - x], rgb[y0 - y:y1 - y, x0 - x:x1 - x]
-            image[y0:y1, x0:x1] = pa[..., None] * pr + (1 - pa[..., None]) * image[y0:y1, x0:x1]
-            alpha[y0:y1, x0:x1] = pa + (1 - pa) * alpha[y0:y1, x0:x1]
-            layers.append((x, y, a))
+            if paste(image, alpha, rgb, a, x, y):
+                layers.append((x, y, a))
         return {"image": image.round().clip(0, 255).astype(np.uint8), "alpha": alpha, "layers": layers}
 
     def load(self, i: int, seed: int) -> dict[str, Any]:
@@ -326,6 +320,20 @@ class Composites(SegDataset):
         if self.return_alpha:
             raw["alpha"] = (scene["alpha"] * 255).round().astype(np.uint8)
         return raw
+
+
+def paste(image: np.ndarray, alpha: np.ndarray, rgb: np.ndarray, a: np.ndarray, x: int, y: int) -> bool:
+    """Composite the cut-out `rgb` (h, w, 3) float with alpha `a` (h, w) in [0, 1] over `image` (H, W, 3)
+    float and its running `alpha` (H, W), top-left at (x, y), both in place; only the part landing
+    inside counts. Returns False when nothing lands inside."""
+    H, W = alpha.shape
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + a.shape[1], W), min(y + a.shape[0], H)
+    if x1 <= x0 or y1 <= y0:
+        return False
+    pa, pr = a[y0 - y:y1 - y, x0 - x:x1 - x], rgb[y0 - y:y1 - y, x0 - x:x1 - x]
+    image[y0:y1, x0:x1] = pa[..., None] * pr + (1 - pa[..., None]) * image[y0:y1, x0:x1]
+    alpha[y0:y1, x0:x1] = pa + (1 - pa) * alpha[y0:y1, x0:x1]
+    return True
 
 
 class SyntheticClips(Dataset):

@@ -337,9 +337,9 @@ class PersonTracker:
 
     def _box(self, alpha: np.ndarray) -> tuple[int, int, int, int] | None:
         """The crop for the next frames, or None (search the full frame): lost, or the crop would be it."""
-        if not self._found(alpha):
-            return None
         person = alpha >= self.threshold
+        if person.mean() < self.min_area:
+            return None
         height, width = alpha.shape
         # the largest region and those at least a quarter its size: specks on the background do not count
         _, _, stats, _ = cv2.connectedComponentsWithStats(person.view(np.uint8), connectivity=8)
