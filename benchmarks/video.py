@@ -4,8 +4,10 @@ Quality, on every DATA/video/<seq>/{frames,masks} clip (DAVIS-style, 854x480): J
 and flicker (of the pixels whose ground truth keeps its label between consecutive frames, the share
 whose predicted label changes; lower is steadier), for
   per-frame   the model on each frame alone
-  ema-nohyst  + TemporalFilter("ema", hysteresis=0)   (motion-aware smoothing alone)
-  ema         + TemporalFilter("ema")   (motion-aware smoothing + hysteresis 0.2 around the threshold)
+  median      + TemporalMedian()   (centred median of 3 frames + hysteresis 0.05; `personseg video`'s default)
+  median-nohyst, median5   the same without hysteresis; over 5 frames
+  ema-nohyst  + TemporalFilter("ema", hysteresis=0)   (causal motion-aware smoothing alone)
+  ema         + TemporalFilter("ema")   (causal motion-aware smoothing + hysteresis 0.2 around the threshold)
   flow        + TemporalFilter("flow")  (the same after optical-flow warping)
   tracked     PersonTracker: a crop around the previous mask, full-frame re-detection every 30 frames
   recurrent   a recurrent checkpoint carrying its state (only with --recurrent CKPT)
@@ -15,7 +17,7 @@ scored per-frame against tracked: does the crop around the person recover what t
 Caveats of the ground truth: dance-twirl's spectators are not masked (a person model finds them, and
 J drops for it); scooter-black's mask includes the scooter.
 
-Speed: frames/s of `process_video` (decode + inference + temporal "ema" + blur composite + H.264
+Speed: frames/s of `process_video` (decode + inference + temporal "median" + blur composite + H.264
 encode, threads overlapping) on a clip made by resizing dance-twirl to 480p and 720p, with the thread
 count printed.
 
@@ -36,8 +38,8 @@ import torch
 from PIL import Image
 
 import personseg
-from personseg.video import (FolderSource, Frame, PersonTracker, RecurrentSegmenter, TemporalFilter, process_video,
-                             segment_frames, video_metrics)
+from personseg.video import (FolderSource, Frame, PersonTracker, RecurrentSegmenter, TemporalFilter, TemporalMedian,
+                             process_video, segment_frames, smooth, video_metrics)
 
 SIZES = {"480p": (854, 480), "720p": (1280, 720)}
 
@@ -51,6 +53,9 @@ def filters(threshold: float) -> dict:
     """name -> a function making a fresh temporal filter (None: none) for the per-frame model's output."""
     return {
         "per-frame": lambda: None,
+        "median": lambda: TemporalMedian(threshold=threshold),
+        "median-nohyst": lambda: TemporalMedian(threshold=threshold, hysteresis=0.0),
+        "median5": lambda: TemporalMedian(5, threshold=threshold),
         "ema-nohyst": lambda: TemporalFilter("ema", threshold=threshold, hysteresis=0.0),
         "ema": lambda: TemporalFilter("ema", threshold=threshold),
         "flow": lambda: TemporalFilter("flow", threshold=threshold),
@@ -61,7 +66,7 @@ def record(sequence: str, method: str, preds: list, truth, seconds: float) -> di
     """One result row (J, flicker, ms per frame), printed as it comes."""
     row = {"sequence": sequence, "method": method, **video_metrics(preds, truth),
            "ms_per_frame": 1000 * seconds / len(preds)}
-    print(f"{sequence:14s} {method:10s} J {row['J']:.3f}  flicker {row['flicker']:.4f}  "
+    print(f"{sequence:14s} {method:13s} J {row['J']:.3f}  flicker {row['flicker']:.4f}  "
           f"{row['ms_per_frame']:.0f} ms/frame", flush=True)
     return row
 
@@ -81,7 +86,7 @@ def quality(data: Path, predictor, recurrent, limit: int | None, batch_size: int
         for name, make in filters(predictor.threshold).items():
             smoother = make()
             start = time.perf_counter()
-            alphas = [smoother(f.rgb, a) if smoother else a for f, a in frames]
+            alphas = [a for _, a in smooth(frames, smoother)] if smoother else [a for _, a in frames]
             add(seq, name, [a >= predictor.threshold for a in alphas], model_seconds + time.perf_counter() - start)
         del frames
         others = {"tracked": PersonTracker(predictor)}
@@ -93,6 +98,14 @@ def quality(data: Path, predictor, recurrent, limit: int | None, batch_size: int
             preds = [a >= threshold for _, a in segment_frames(FolderSource(seq / "frames", limit=limit),
                                                                  segmenter, None, batch_size)]
             add(seq, name, preds, time.perf_counter() - start)
+    print("against per-frame (J difference / flicker ratio):")
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "per-frame"):
+        cells = []
+        for base in (r for r in rows if r["method"] == "per-frame"):
+            row = next(r for r in rows if r["method"] == method and r["sequence"] == base["sequence"])
+            ratio = row["flicker"] / base["flicker"] if base["flicker"] else float("nan")
+            cells.append(f"{base['sequence']} {row['J'] - base['J']:+.3f} / {ratio:.2f}x")
+        print(f"  {method:13s} " + "   ".join(cells), flush=True)
     return rows
 
 
@@ -160,7 +173,7 @@ def speed(data: Path, predictor, limit: int, batch_size: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for label, size in SIZES.items():
             clip = make_clip(data / "video" / "dance-twirl" / "frames", size, Path(tmp) / f"{label}.mp4", limit)
-            summary = process_video(clip, Path(tmp) / f"{label}_out.mp4", predictor, temporal="ema",
+            summary = process_video(clip, Path(tmp) / f"{label}_out.mp4", predictor, temporal="median",
                                     batch_size=batch_size)
             rows.append({"size": label, "frames": summary.frames, "fps": summary.fps})
             print(f"end to end {label} ({size[0]}x{size[1]}): {summary.fps:.1f} frames/s "

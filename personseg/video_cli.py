@@ -66,14 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-kind", choices=["composite", "alpha", "masks"], default="composite",
                         help="what OUTPUT holds (default: composite; see below)")
     parser.add_argument("--save-masks", metavar="DIR", help="also write 0/255 PNG masks DIR/00000.png, ...")
-    parser.add_argument("--temporal", choices=["off", "ema", "flow"], default="ema",
-                        help="steady the masks over time: ema (motion-aware smoothing: still parts steady, "
-                             "moving parts follow at once), flow (the same after warping the previous mask "
-                             "by optical flow; slower) or off (default: ema)")
-    parser.add_argument("--hysteresis", type=float, default=0.2, metavar="M",
-                        help="with --temporal ema/flow: a person pixel stays person until its probability "
-                             "falls M below the threshold, a background pixel needs M above it to turn; "
-                             "stops pixels near the threshold blinking (default: 0.2, 0 = off)")
+    parser.add_argument("--temporal", choices=["median", "ema", "flow", "off"], default="median",
+                        help="steady the masks over time: median (of each frame and its neighbours: "
+                             "blinks of a frame are gone, lasting changes come through on time; one "
+                             "frame of delay), ema (motion-aware smoothing of the past frames: no delay, "
+                             "for cameras), flow (ema after warping the previous mask by optical flow; "
+                             "slower) or off (default: median; measured in benchmarks/video.py)")
+    parser.add_argument("--hysteresis", type=float, metavar="M",
+                        help="with --temporal: a person pixel stays person until its probability falls M "
+                             "below the threshold, a background pixel needs M above it to turn; stops "
+                             "pixels near the threshold blinking (default: 0.05 for median, 0.2 for "
+                             "ema and flow; 0 = off)")
     parser.add_argument("--track", action="store_true",
                         help="segment a crop around the person found in the previous frames (more detail "
                              "for small people; the full frame is searched again every 30 frames)")

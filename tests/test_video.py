@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from personseg.cli import main
-from personseg.video import PersonTracker, TemporalFilter, VideoError, process_video, video_metrics
+from personseg.video import Frame, PersonTracker, TemporalFilter, TemporalMedian, VideoError, process_video, video_metrics
 
 FPS, N, W, H = 10, 12, 160, 96
 
@@ -273,6 +273,50 @@ def test_temporal_hysteresis_stops_on_off_wobble_near_the_threshold():
     assert flips(0.0) > 1000
     assert flips(0.2) < 0.1 * flips(0.0)  # measured 6%
 
+
+
+def run_median(probs, **kwargs):
+    """Every prob through a TemporalMedian's push/flush; the outputs in order, checked to be complete."""
+    smoother = TemporalMedian(**kwargs)
+    frames = [Frame(i, None, i, Fraction(1, 10)) for i in range(len(probs))]
+    out = [pair for frame, prob in zip(frames, probs) for pair in smoother.push(frame, prob)] + smoother.flush()
+    assert [frame.index for frame, _ in out] == list(range(len(probs)))
+    return [alpha for _, alpha in out]
+
+
+@pytest.mark.parametrize("window", [3, 5])
+def test_temporal_median_leaves_a_static_scene_exactly_alone(window):
+    prob = np.random.default_rng(1).random((90, 160)).astype(np.float32)
+    for out in run_median([prob] * 6, window=window):
+        assert np.array_equal(out, prob)
+
+
+@pytest.mark.parametrize("window", [3, 5])
+def test_temporal_median_follows_a_moving_square_exactly(window):
+    masks = [mask for _, mask in square_clip()]  # every pixel covered for 5 frames: no blinks
+    for out, mask in zip(run_median(masks, window=window), masks):
+        assert np.array_equal(out >= 0.5, mask > 0.5)
+
+
+def test_temporal_median_removes_blinks_shorter_than_half_its_window():
+    rng = np.random.default_rng(4)
+    steady = (rng.random((40, 60)) > 0.5).astype(np.float32)
+    probs = [steady.copy() for _ in range(12)]
+    probs[3][:20] = 1 - probs[3][:20]  # a one-frame blink on a third of the picture
+    probs[7][:, :30] = 1 - probs[7][:, :30]  # and another
+    assert all(np.array_equal(out >= 0.5, steady >= 0.5) for out in run_median(probs, window=3))
+    probs[8][:, :30] = 1 - probs[8][:, :30]  # two frames long: window 5 removes it, window 3 keeps it
+    assert all(np.array_equal(out >= 0.5, steady >= 0.5) for out in run_median(probs, window=5))
+    assert not np.array_equal(run_median(probs, window=3)[7] >= 0.5, steady >= 0.5)
+
+
+def test_temporal_median_handles_clips_shorter_than_its_window_and_new_sizes():
+    probs = [np.full((4, 6), v, np.float32) for v in (0.2, 0.9)] + [np.full((8, 6), 0.4, np.float32)]
+    out = run_median(probs, window=5, hysteresis=0.0)
+    assert [o.shape for o in out] == [(4, 6), (4, 6), (8, 6)]
+    assert [float(o[0, 0]) for o in out] == pytest.approx([0.2, 0.9, 0.4])  # medians of [.2 .2 .2 .9 .9], [.2 .2 .9 .9 .9], [.4]
+    with pytest.raises(ValueError, match="odd"):
+        TemporalMedian(window=4)
 
 # ------------------------------------------------------------------------------------ tracker
 
