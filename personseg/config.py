@@ -38,6 +38,7 @@ class SourceConfig:
     annotations: str = ""  # coco: annotation json, relative to the source path
     length: int = 1000  # composites: samples per epoch (its validation set has length // 10)
     people: tuple[int, int] = (1, 4)  # composites: cut-outs per scene, min and max; (0, 0) = person-free scenes
+    decoys: tuple[int, int] = (0, 0)  # composites: non-person objects pasted among them, min and max
 
 
 def _default_sources() -> list[SourceConfig]:
@@ -161,6 +162,8 @@ def validate(cfg: TrainConfig) -> None:
                              f"augment in {AUGMENTS}")
         if len(src.people) != 2 or not 0 <= src.people[0] <= src.people[1]:
             raise ValueError(f"data.sources.{i}.people={list(src.people)}: expected [min, max] with 0 <= min <= max")
+        if len(src.decoys) != 2 or not 0 <= src.decoys[0] <= src.decoys[1]:
+            raise ValueError(f"data.sources.{i}.decoys={list(src.decoys)}: expected [min, max] with 0 <= min <= max")
     if len(cfg.data.input_size) != 2:
         raise ValueError("data.input_size: expected [W, H]")
     if not 0 <= cfg.data.tall_share <= 1:

@@ -271,17 +271,22 @@ class Composites(SegDataset):
     scale (person height as a fraction of the background height, `scale_range`) and position, larger
     (nearer) people last. The cut-out's alpha edge is blurred with a small Gaussian; mask = composite
     alpha > 0.5, and `return_alpha=True` adds the soft `alpha` target. Sample i is a function of
-    (seed, i) only. Length is virtual (`length` samples)."""
+    (seed, i) only. Length is virtual (`length` samples).
+
+    `decoys` = (min, max) non-person objects pasted the same way among the people (labelled background,
+    hiding what they cover): blobs of random shape cut from another background photo, colour-shifted.
+    Without them every pasted thing is a person, and a model can learn the paste rather than the person."""
 
     def __init__(self, foregrounds: str | Path, backgrounds: str | Path, length: int = 1000, min_people: int = 1,
                  max_people: int = 4, scale_range: tuple[float, float] = (0.15, 0.9), split: str = "train",
                  size: tuple[int, int] = (320, 180), augment: str = "strong", val_every: int = VAL_EVERY,
                  seed: int = 0, with_sdm: bool = False, source: str = "composites", return_alpha: bool = False,
-                 edge_sigma: float = 0.7, orient_val: bool = False):
+                 edge_sigma: float = 0.7, orient_val: bool = False, decoys: tuple[int, int] = (0, 0)):
         super().__init__(source, size, augment, seed, with_sdm, orient_val)
         self.foregrounds = split_items(list_images(Path(foregrounds)), split, val_every)
         self.backgrounds = split_items(list_images(Path(backgrounds)), split, val_every)
         self.length, self.min_people, self.max_people = length, min_people, max_people
+        self.decoys = tuple(decoys)
         self.scale_range, self.return_alpha, self.edge_sigma = scale_range, return_alpha, edge_sigma
 
     def __len__(self) -> int:
@@ -294,25 +299,50 @@ class Composites(SegDataset):
         H, W = image.shape[:2]
         alpha = np.zeros((H, W), np.float32)
         n = int(rng.integers(self.min_people, self.max_people + 1))
-        scales = np.sort(rng.uniform(*self.scale_range, size=n))  # far (small) people first
+        n_decoys = int(rng.integers(self.decoys[0], self.decoys[1] + 1)) if self.decoys[1] else 0
+        kinds = rng.permutation([True] * n + [False] * n_decoys) if n_decoys else [True] * n  # True: a person
+        scales = np.sort(rng.uniform(*self.scale_range, size=n + n_decoys))  # far (small) ones first
         layers = []
-        for scale in scales:
-            rgba = cv2.imread(str(self.foregrounds[rng.integers(len(self.foregrounds))]), cv2.IMREAD_UNCHANGED)
-            fg = cv2.cvtColor(rgba, cv2.COLOR_BGRA2RGBA)
+        for scale, person in zip(scales, kinds):
             h = max(4, round(scale * H))
-            w = max(2, round(fg.shape[1] * h / fg.shape[0]))
-            fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA if h < fg.shape[0] else cv2.INTER_LINEAR)
-            if rng.random() < 0.5:
-                fg = fg[:, ::-1]
+            rgb, a = self.person(rng, h) if person else self.decoy(rng, h)
+            w = a.shape[1]
             pad = 3  # room for the blurred edge
-            a = np.pad(fg[..., 3].astype(np.float32) / 255, pad)
-            a = cv2.GaussianBlur(a, (0, 0), self.edge_sigma)
-            rgb = np.pad(fg[..., :3].astype(np.float32), ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+            a = cv2.GaussianBlur(np.pad(a, pad), (0, 0), self.edge_sigma)
+            rgb = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
             x = int(rng.integers(-w // 2, W - w // 2)) - pad
             y = int(rng.integers(-h // 4, max(-h // 4 + 1, H - 3 * h // 4))) - pad
-            if paste(image, alpha, rgb, a, x, y):
+            if paste(image, alpha, rgb, a, x, y, person=person) and person:
                 layers.append((x, y, a))
         return {"image": image.round().clip(0, 255).astype(np.uint8), "alpha": alpha, "layers": layers}
+
+    def person(self, rng: np.random.Generator, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """A random cut-out `h` pixels tall, maybe mirrored: rgb (h, w, 3) float32, alpha (h, w) in [0, 1]."""
+        rgba = cv2.imread(str(self.foregrounds[rng.integers(len(self.foregrounds))]), cv2.IMREAD_UNCHANGED)
+        fg = cv2.cvtColor(rgba, cv2.COLOR_BGRA2RGBA)
+        w = max(2, round(fg.shape[1] * h / fg.shape[0]))
+        fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA if h < fg.shape[0] else cv2.INTER_LINEAR)
+        if rng.random() < 0.5:
+            fg = fg[:, ::-1]
+        return fg[..., :3].astype(np.float32), fg[..., 3].astype(np.float32) / 255
+
+    def decoy(self, rng: np.random.Generator, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """A non-person object `h` pixels tall: a smooth random blob (a thresholded low-resolution noise
+        field under an elliptic falloff) of a crop of some background, its colours scaled and shifted."""
+        w = max(2, round(h * rng.uniform(0.25, 1.5)))
+        field = cv2.resize(rng.random((5, 5)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+        yy, xx = np.mgrid[-1:1:h * 1j, -1:1:w * 1j]
+        a = ((field + 0.6 * (1 - xx ** 2 - yy ** 2)) > 0.75).astype(np.float32)
+        if not a.any():
+            a = (xx ** 2 + yy ** 2 < 1).astype(np.float32)
+        texture = read_rgb(self.backgrounds[rng.integers(len(self.backgrounds))])
+        th, tw = texture.shape[:2]
+        ch = max(2, round(th * rng.uniform(0.2, 1)))
+        cw = min(tw, max(2, round(ch * w / h)))
+        y0, x0 = int(rng.integers(0, th - ch + 1)), int(rng.integers(0, tw - cw + 1))
+        rgb = cv2.resize(texture[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        rgb = rgb * rng.uniform(0.6, 1.4, 3) + rng.uniform(-40, 40, 3)
+        return rgb.clip(0, 255), a
 
     def load(self, i: int, seed: int) -> dict[str, Any]:
         scene = self.render(seed)
@@ -322,17 +352,19 @@ class Composites(SegDataset):
         return raw
 
 
-def paste(image: np.ndarray, alpha: np.ndarray, rgb: np.ndarray, a: np.ndarray, x: int, y: int) -> bool:
+def paste(image: np.ndarray, alpha: np.ndarray, rgb: np.ndarray, a: np.ndarray, x: int, y: int,
+          person: bool = True) -> bool:
     """Composite the cut-out `rgb` (h, w, 3) float with alpha `a` (h, w) in [0, 1] over `image` (H, W, 3)
-    float and its running `alpha` (H, W), top-left at (x, y), both in place; only the part landing
-    inside counts. Returns False when nothing lands inside."""
+    float and its running person `alpha` (H, W), top-left at (x, y), both in place; only the part
+    landing inside counts (`person=False`: an object, hiding the person alpha it covers). Returns False
+    when nothing lands inside."""
     H, W = alpha.shape
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + a.shape[1], W), min(y + a.shape[0], H)
     if x1 <= x0 or y1 <= y0:
         return False
     pa, pr = a[y0 - y:y1 - y, x0 - x:x1 - x], rgb[y0 - y:y1 - y, x0 - x:x1 - x]
     image[y0:y1, x0:x1] = pa[..., None] * pr + (1 - pa[..., None]) * image[y0:y1, x0:x1]
-    alpha[y0:y1, x0:x1] = pa + (1 - pa) * alpha[y0:y1, x0:x1]
+    alpha[y0:y1, x0:x1] = (pa if person else 0) + (1 - pa) * alpha[y0:y1, x0:x1]
     return True
 
 
@@ -470,7 +502,7 @@ def build_source(src: SourceConfig, cfg: TrainConfig, split: str) -> SegDataset:
     if src.kind == "composites":
         length = src.length if split == "train" else max(1, src.length // cfg.data.val_every)
         return Composites(path / "foregrounds", path / "backgrounds", length=limit or length,
-                          min_people=src.people[0], max_people=src.people[1], **common)
+                          min_people=src.people[0], max_people=src.people[1], decoys=src.decoys, **common)
     raise ValueError(f"source {src.name}: unknown kind {src.kind!r}")
 
 

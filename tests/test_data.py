@@ -231,6 +231,32 @@ def test_person_free_composites(data_dir, tmp_path):
         load_config(cfg_file, ["data.sources.0.people=[2, 1]"])
 
 
+
+def test_decoys_are_background_and_hide_the_people_they_cover(data_dir, tmp_path):
+    root = data_dir / "composites"
+    plain = Composites(root / "foregrounds", root / "backgrounds", size=SIZE, augment="none")
+    decoyed = Composites(root / "foregrounds", root / "backgrounds", size=SIZE, augment="none", decoys=(3, 3))
+    only = Composites(root / "foregrounds", root / "backgrounds", size=SIZE, augment="none", min_people=0,
+                      max_people=0, decoys=(2, 2))
+    for seed in range(6):
+        scene = only.render(seed)
+        assert scene["alpha"].max() == 0 and not scene["layers"]  # objects only: no person pixel
+        assert not np.array_equal(scene["image"], plain.render(seed)["image"])
+    hidden = 0
+    for seed in range(20):  # people pasted under a decoy lose what it covers
+        scene = decoyed.render(seed)
+        for x, y, patch in scene["layers"]:
+            H, W = scene["alpha"].shape
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + patch.shape[1], W), min(y + patch.shape[0], H)
+            hidden += np.count_nonzero(scene["alpha"][y0:y1, x0:x1] < patch[y0 - y:y1 - y, x0 - x:x1 - x] - 0.5)
+    assert hidden > 0
+    assert np.array_equal(decoyed.render(4)["image"], decoyed.render(4)["image"])
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("data:\n  sources:\n    - {name: c, kind: composites, path: composites, decoys: [1, 2]}\n")
+    assert tuple(load_config(cfg_file, []).data.sources[0].decoys) == (1, 2)
+    with pytest.raises(ValueError, match="decoys"):
+        load_config(cfg_file, ["data.sources.0.decoys=[3, 1]"])
+
 def test_tall_samples_and_orientation_aware_validation(data_dir):
     ds = LabelMaps(data_dir / "ccp", size=(160, 96), augment="mild", limit=2)
     assert ds[(0, 5, False)]["image"].shape == (3, 96, 160)
