@@ -47,11 +47,14 @@ def preprocess(images: list[np.ndarray], size: tuple[int, int], mean: np.ndarray
 
 
 class Predictor:
-    """`predict(rgb)` -> person alpha. rgb is HxWx3 uint8 RGB; the alpha is HxW float32 in [0, 1]."""
+    """`predict(rgb)` -> person alpha. rgb is HxWx3 uint8 RGB; the alpha is HxW float32 in [0, 1].
+
+    `tta`: also run the model on the mirror image and average the two probabilities (before the
+    upsampling): twice the model's time for a steadier mask (the card of `accurate` says how much)."""
 
     def __init__(self, model: nn.Module, *, input_size: tuple[int, int] = (320, 180),
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold: float = 0.5, refine: bool = True,
-                 device: str | torch.device | None = "cpu", info: dict | None = None):
+                 device: str | torch.device | None = "cpu", info: dict | None = None, tta: bool = False):
         self.device = resolve_device(device)
         if isinstance(model, nn.Module):  # else a callable such as personseg.onnx_backend.OnnxModel
             model = model.eval().to(self.device, memory_format=torch.channels_last)
@@ -60,24 +63,28 @@ class Predictor:
         self.mean = np.asarray(mean, np.float32) * 255
         self.std = np.asarray(std, np.float32) * 255
         self.threshold = float(threshold)
-        self.refine = refine
+        self.refine, self.tta = refine, tta
         self.info = info or {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device="cpu", refine: bool = True) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, device="cpu", refine: bool = True,
+                        tta: bool | None = None) -> "Predictor":
+        """`tta` None: as the checkpoint says (meta["tta"], set when a model is shipped with it)."""
         model, info = load_checkpoint(path)
+        tta = bool(info.get("meta", {}).get("tta", False)) if tta is None else tta
         return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
-                   threshold=info["threshold"], refine=refine, device=device, info=info)
+                   threshold=info["threshold"], refine=refine, device=device, info=info, tta=tta)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, device="cpu", refine: bool = True, threads: int | None = None) -> "Predictor":
+    def from_onnx(cls, path: str | Path, device="cpu", refine: bool = True, threads: int | None = None,
+                  tta: bool = False) -> "Predictor":
         """The same predictor on an ONNX Runtime session of a `personseg export` file (fp32 or int8)."""
         from personseg.onnx_backend import OnnxModel
 
         model = OnnxModel(path, device=device, threads=threads)
         info = model.info
         return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
-                   threshold=info["threshold"], refine=refine, device="cpu", info=info)
+                   threshold=info["threshold"], refine=refine, device="cpu", info=info, tta=tta)
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         return self.predict_batch([rgb])[0]
@@ -107,8 +114,13 @@ class Predictor:
     def _forward(self, images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
         """Low-resolution probabilities, (N, h, w) float32."""
         x = preprocess(images, size, self.mean, self.std).to(self.device)
+        if self.tta:
+            x = torch.cat([x, x.flip(-1)])
         with torch.inference_mode():
             prob = torch.sigmoid(self.model(x)[:, 0].float())
+        if self.tta:
+            plain, mirrored = prob.chunk(2)
+            prob = (plain + mirrored.flip(-1)) / 2
         return prob.cpu().numpy()
 
     def upsample(self, rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
@@ -122,9 +134,11 @@ class Predictor:
         return np.clip(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)
 
 
-def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool = True) -> Predictor:
+def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool = True,
+         tta: bool | None = None) -> Predictor:
     """A predictor from a checkpoint path, an ONNX file from `personseg export` (run by ONNX Runtime),
-    or a shipped model by name ("accurate", "fast"; None = the default)."""
+    or a shipped model by name ("accurate", "fast"; None = the default). `tta` (mirror-image averaging,
+    see `Predictor`) None: the checkpoint's own setting (on for `accurate`), off for ONNX files."""
     name = str(path_or_name or DEFAULT_MODEL)
     shipped = WEIGHTS_DIR / f"{name}.pt"
     if path_or_name is None or (not Path(name).exists() and shipped.exists()):
@@ -132,7 +146,7 @@ def load(path_or_name: str | Path | None = None, device: str | None = "cpu", ref
             available = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) or ["none"]
             raise FileNotFoundError(f"no shipped model named {name!r} (shipped: {', '.join(available)}); "
                                     "pass a checkpoint path with --model")
-        return Predictor.from_checkpoint(shipped, device, refine)
+        return Predictor.from_checkpoint(shipped, device, refine, tta)
     if name.lower().endswith(".onnx"):
-        return Predictor.from_onnx(name, device, refine)
-    return Predictor.from_checkpoint(name, device, refine)
+        return Predictor.from_onnx(name, device, refine, tta=bool(tta))
+    return Predictor.from_checkpoint(name, device, refine, tta)

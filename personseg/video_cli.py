@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, VideoError) as e:
         return fail(f"--background: {e}", 2)
     try:
-        predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine)
+        predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine, tta=False)
     except (OSError, ValueError) as e:
         return fail(f"cannot load the model: {e}", 2)
     try:

@@ -97,7 +97,7 @@ def speed(predictor, threads: int) -> dict:
         if i >= 2:
             full.append(time.perf_counter() - start)
     return {"threads": threads, "model_input": f"{width}x{height}", "model_ms": statistics.median(times) * 1e3,
-            "predict_ms_1280x720": statistics.median(full) * 1e3}
+            "predict_ms_1280x720": statistics.median(full) * 1e3, "tta": predictor.tta}
 
 
 def remeasure_speed(name: str, threads: int) -> None:
@@ -123,6 +123,8 @@ def main() -> None:
                         help="pick the threshold with the best IoU on training images (not validation)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("W", "H"),
                         help="ship with another pixel budget than the training run's (a speed preset)")
+    parser.add_argument("--tta", action="store_true",
+                        help="ship with mirror-image averaging on by default (meta['tta']); scored with it")
     parser.add_argument("--speed-only", action="store_true",
                         help="only re-measure the speed of the already shipped NAME (on a quiet machine)")
     args = parser.parse_args()
@@ -133,7 +135,7 @@ def main() -> None:
     ckpt = read_checkpoint(args.checkpoint)
     model, info = load_checkpoint(args.checkpoint)
     target = WEIGHTS_DIR / f"{args.name}.pt"
-    meta = {**info["meta"], "shipped_from": str(args.checkpoint)}
+    meta = {**info["meta"], "shipped_from": str(args.checkpoint), "tta": args.tta}
     input_size = args.input_size or info["input_size"]
     fields = dict(arch=info["arch"], model_kwargs=info["model_kwargs"], input_size=input_size,
                   mean=info["mean"], std=info["std"], threshold=info["threshold"], half=True)

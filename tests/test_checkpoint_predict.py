@@ -93,6 +93,22 @@ def test_batch_equals_single(tiny):
         np.testing.assert_allclose(alpha, seg.predict(image), atol=1e-5)
 
 
+
+def test_tta_averages_the_image_and_its_mirror(tiny, tmp_path):
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)  # the model's own size: no upsampling
+    plain = personseg.load(tiny[1])
+    assert not plain.tta  # a checkpoint without meta["tta"]
+    mirrored = plain.predict(np.ascontiguousarray(image[:, ::-1]))[:, ::-1]
+    assert not np.allclose(plain.predict(image), mirrored, atol=1e-3)  # not flip-symmetric by itself
+    averaged = personseg.load(tiny[1], tta=True).predict(image)
+    np.testing.assert_allclose(averaged, (plain.predict(image) + mirrored) / 2, atol=1e-5)
+    model, info = load_checkpoint(tiny[1])
+    path = tmp_path / "tta.pt"
+    save_checkpoint(path, model, meta={"tta": True}, **{k: info[k] for k in (
+        "arch", "model_kwargs", "input_size", "mean", "std", "threshold")})
+    assert personseg.load(path).tta and not personseg.load(path, tta=False).tta
+
 def test_predictor_rejects_wrong_arrays(tiny):
     seg = personseg.load(tiny[1])
     with pytest.raises(ValueError, match="uint8"):

@@ -66,6 +66,17 @@ def test_every_output_kind(photos, tmp_path, segment):
     assert len(list(out.iterdir())) == 12  # and no temp files
 
 
+
+def test_tta_flag_changes_the_alpha(photos, tmp_path, segment):
+    masks = {}
+    for flag in ("--tta", "--no-tta"):
+        out = tmp_path / flag.strip("-")
+        code, err = segment(photos / "00001.jpg", "-o", out, "--save", "alpha", flag)
+        assert code == 0, err
+        masks[flag] = np.asarray(Image.open(out / "00001_alpha.png"), np.int16)
+    assert masks["--tta"].shape == masks["--no-tta"].shape
+    assert (masks["--tta"] != masks["--no-tta"]).any()  # the same run with the mirror's half averaged in
+
 def test_folder_recursive_mirrors_folders_on_name_clash(photos, tmp_path, segment):
     out = tmp_path / "out"
     code, err = segment(photos, "-o", out, "--quiet")
@@ -134,6 +145,6 @@ def test_help_lists_every_option():
     result = subprocess.run([sys.executable, "-m", "personseg", "segment", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for option in ["--output", "--save", "--background", "--threshold", "--no-refine", "--model", "--device",
+    for option in ["--output", "--save", "--background", "--threshold", "--no-refine", "--model", "--tta", "--device",
                    "--batch-size", "--recursive", "--overwrite", "--quiet", "examples:"]:
         assert option in result.stdout
