@@ -404,6 +404,25 @@ def test_recurrent_model_state_and_onnx_step(tmp_path):
     np.testing.assert_allclose(outputs[1], expected_state[0].numpy(), atol=1e-4, rtol=1e-3)
 
 
+
+def test_recurrent_model_starts_as_its_stateless_twin():
+    from personseg.models import create_model
+
+    torch.manual_seed(0)
+    twin = create_model("unet_mobilenet_v2", alpha=0.35).eval()
+    x = torch.randn(2, 3, 45, 77)
+    change = {}
+    with torch.no_grad():
+        expected = twin(x)
+        for residual in (True, False):
+            model = create_model("recurrent_unet_mobilenet_v2", alpha=0.35, residual=residual).eval()
+            missing, unexpected = model.load_state_dict(twin.state_dict(), strict=False)
+            assert not unexpected and all(k.startswith("decoder.grus.") for k in missing)
+            logits, state = model(x)
+            second, _ = model(x, state)
+            change[residual] = max((out - expected).abs().max().item() for out in (logits, second))
+    assert change[True] < 0.05 * change[False]  # the state weighs in at 0.01 until training says otherwise
+
 # ------------------------------------------------------------------------------------ metrics
 
 def test_video_metrics_by_hand():

@@ -26,12 +26,16 @@ from personseg.models.unet_mobilenet import UNetDecoder, UNetMobileNet
 
 class ConvGRU(nn.Module):
     """Convolutional GRU (Ballas et al. 2016): z, r = sigmoid(W_g [x, h]); c = tanh(W_c [x, r * h]);
-    h' = (1 - z) * h + z * c. (B, C, H, W) input and state -> (B, C, H, W) new state."""
+    h' = (1 - z) * h + z * c. (B, C, H, W) input and state -> (B, C, H, W) new state.
+
+    `out_scale` (per channel, starts at 0.01) weighs the state in the decoder's residual output
+    x + out_scale * h' (see RecurrentDecoder); small, not 0, so the cell's weights get gradients at once."""
 
     def __init__(self, channels: int, kernel: int = 3):
         super().__init__()
         self.gates = nn.Conv2d(2 * channels, 2 * channels, kernel, padding=kernel // 2)
         self.candidate = nn.Conv2d(2 * channels, channels, kernel, padding=kernel // 2)
+        self.out_scale = nn.Parameter(torch.full((1, channels, 1, 1), 0.01))
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         z, r = torch.sigmoid(self.gates(torch.cat([x, h], dim=1))).chunk(2, dim=1)
@@ -41,10 +45,16 @@ class ConvGRU(nn.Module):
 
 class RecurrentDecoder(UNetDecoder):
     """The UNet decoder (same up-blocks and final up-sampling) with a ConvGRU on half the channels of
-    each up-block's output."""
+    each up-block's output.
 
-    def __init__(self, encoder_channels: list[int], decoder_channels: list[int]):
+    residual=True: those channels become x + out_scale * h (out_scale starts at 0.01), so a model
+    started from its stateless twin's weights computes almost exactly what the twin did and learns how
+    much of the state to use; residual=False (RVM's design): they are replaced by h, which starts as noise that the
+    pretrained decoder must first learn to ignore."""
+
+    def __init__(self, encoder_channels: list[int], decoder_channels: list[int], residual: bool = True):
         super().__init__(encoder_channels, decoder_channels)
+        self.residual = residual
         self.state_channels = [c // 2 for c in decoder_channels[:4]]
         self.grus = nn.ModuleList(ConvGRU(c) for c in self.state_channels)
 
@@ -58,7 +68,7 @@ class RecurrentDecoder(UNetDecoder):
             h = torch.zeros_like(recurrent) if state is None else state[i]
             h = gru(recurrent, h)
             new_state.append(h)
-            x = torch.cat([passed, h], dim=1)
+            x = torch.cat([passed, recurrent + gru.out_scale * h if self.residual else h], dim=1)
         return self.final_up(x), new_state
 
 
@@ -66,6 +76,10 @@ class RecurrentUNetMobileNet(UNetMobileNet):
     """(B, 3, H, W) normalized frames and the previous state -> ((B, 1, H, W) person logits, new state)."""
 
     decoder_class = RecurrentDecoder
+
+    def __init__(self, *args, residual: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decoder.residual = residual
 
     def state_shapes(self, batch: int, height: int, width: int) -> list[tuple[int, int, int, int]]:
         """Shapes of the four state tensors for (batch, 3, height, width) frames."""
