@@ -58,6 +58,7 @@ class DataConfig:
     val_every: int = 10  # the split rule: every 10th file (sorted by name) of a folder is validation
     samples_per_epoch: int = 0  # 0 = the sum of the training sources' sizes
     clip_length: int = 0  # > 0: train on moving clips of this many frames made from the stills (recurrent models)
+    clip_jitter: float = 0.0  # clips: strength of independent per-frame brightness, contrast, noise and blur
     tall_share: float = 0.0  # share of batches at input_size transposed (portrait); > 0 also validates tall
     # pictures in portrait orientation (one picture per batch)
     num_workers: int = 4
@@ -166,6 +167,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError(f"data.sources.{i}.decoys={list(src.decoys)}: expected [min, max] with 0 <= min <= max")
     if len(cfg.data.input_size) != 2:
         raise ValueError("data.input_size: expected [W, H]")
+    if cfg.data.clip_jitter < 0:
+        raise ValueError(f"data.clip_jitter={cfg.data.clip_jitter}: expected a strength >= 0")
     if not 0 <= cfg.data.tall_share <= 1:
         raise ValueError(f"data.tall_share={cfg.data.tall_share}: expected a share between 0 and 1")
 

@@ -374,13 +374,17 @@ class SyntheticClips(Dataset):
     Returns dict(frames (T, 3, H, W), masks (T, 1, H, W), valid (T, 1, H, W), name, source, and sdm
     (T, 1, H, W) per frame when `with_sdm`): the still's sample moved from one random pose (shift up to
     `max_shift` of the size, rotation up to `max_angle` degrees, zoom up to `max_zoom`) to another with
-    a cosine ease; pixels that come from outside the picture are invalid. Deterministic given the key:
+    a cosine ease; pixels that come from outside the picture are invalid. `jitter` > 0 also changes each
+    frame's look on its own, as a camera's exposure, noise and focus do from frame to frame (gain up to
+    1 +- 0.5 jitter, offset up to +-jitter per channel and noise up to 0.3 jitter, in normalized units; a
+    3x3 blur on some frames): a model that looks at one frame flickers on such clips, one that carries its
+    state can learn not to. Deterministic given the key:
     an index, or a sampler's (source, item, seed, tall) key for a `MixedDataset` (its seed drives the
     motion too)."""
 
     def __init__(self, dataset: Dataset, length: int = 8, seed: int = 0, max_shift: float = 0.1,
-                 max_angle: float = 8.0, max_zoom: float = 0.15):
-        self.dataset, self.length, self.seed = dataset, length, seed
+                 max_angle: float = 8.0, max_zoom: float = 0.15, jitter: float = 0.0):
+        self.dataset, self.length, self.seed, self.jitter = dataset, length, seed, jitter
         self.max_shift, self.max_angle, self.max_zoom = max_shift, max_angle, max_zoom
         self.with_sdm = False
 
@@ -410,12 +414,31 @@ class SyntheticClips(Dataset):
             return F.grid_sample(x.expand(self.length, *x.shape), grid, mode=mode, padding_mode="zeros",
                                  align_corners=False)
 
-        clip = {"frames": warp(s["image"], "bilinear"), "masks": warp(s["mask"], "nearest"),
+        frames = warp(s["image"], "bilinear")
+        if self.jitter > 0:
+            frames = self.jittered(frames, g)
+        clip = {"frames": frames, "masks": warp(s["mask"], "nearest"),
                 "valid": warp(s["valid"], "nearest"), "name": s["name"], "source": s["source"]}
         if self.with_sdm:
             clip["sdm"] = torch.stack([torch.from_numpy(signed_distance_map(m[0].numpy() > 0.5))[None]
                                        for m in clip["masks"]])
         return clip
+
+    def jittered(self, frames: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Each frame of (T, 3, H, W) normalized frames with its own gain, offset, noise and maybe blur."""
+        T, j = frames.shape[0], self.jitter
+
+        def uniform(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=g) * 2 - 1
+
+        gain = 1 + 0.5 * j * uniform(T, 1, 1, 1)
+        offset = j * uniform(T, 3, 1, 1)
+        sigma = 0.3 * j * torch.rand(T, 1, 1, 1, generator=g)
+        out = frames * gain + offset + sigma * torch.randn(frames.shape, generator=g)
+        blur = torch.rand(T, generator=g) < 0.25
+        if blur.any():
+            out[blur] = F.avg_pool2d(out[blur], 3, stride=1, padding=1, count_include_pad=False)
+        return out
 
 
 class MixedDataset(Dataset):
@@ -512,7 +535,9 @@ def build_train_dataset(cfg: TrainConfig) -> MixedDataset | SyntheticClips:
     if not sources:
         raise ValueError("data.sources: no source with weight > 0 to train on")
     mix = MixedDataset([build_source(s, cfg, "train") for s in sources], [s.weight for s in sources])
-    return SyntheticClips(mix, cfg.data.clip_length, seed=cfg.seed) if cfg.data.clip_length else mix
+    if not cfg.data.clip_length:
+        return mix
+    return SyntheticClips(mix, cfg.data.clip_length, seed=cfg.seed, jitter=cfg.data.clip_jitter)
 
 
 def build_train_sampler(dataset: MixedDataset | SyntheticClips, cfg: TrainConfig, rank: int = 0,

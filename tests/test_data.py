@@ -190,6 +190,11 @@ def test_synthetic_clips_move_smoothly(data_dir):
     assert (steps > 0).all()  # it moves every frame
     area = c["masks"].mean((1, 2, 3))
     assert (area[1:] - area[:-1]).abs().max() < 0.05  # smoothly
+    jittered = SyntheticClips(still, length=5, seed=1, jitter=0.3)[0]
+    assert torch.equal(jittered["masks"], c["masks"])  # the same motion, another look per frame
+    assert torch.equal(jittered["frames"], SyntheticClips(still, length=5, seed=1, jitter=0.3)[0]["frames"])
+    change = (jittered["frames"] - c["frames"]).abs().mean((1, 2, 3))
+    assert (change > 0.02).all() and change.std() > 0  # every frame changed, each its own way
 
 
 def test_mix_sampler_shards_ranks_and_follows_weights():
