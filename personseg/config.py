@@ -24,6 +24,7 @@ class ModelConfig:
     name: str = "unet_mobilenet_v2"  # a name from personseg.models.list_models()
     kwargs: dict = field(default_factory=dict)  # passed to create_model (e.g. alpha, encoder_weights)
     init: str = ""  # a personseg checkpoint to start from (its weights; e.g. the float model to fine-tune with qat)
+    freeze_bn: bool = False  # BatchNorm layers keep their running statistics (for small or correlated batches: clips)
 
 
 @dataclass

@@ -145,7 +145,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
             lr = lr_at(cfg, state, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            model.train()
+            train_mode(model, cfg.model.freeze_bn)
             parts_sum: dict[str, float] = {}
             for micro in range(accum):
                 b = next(batches)
@@ -339,6 +339,17 @@ def load_training_state(path: Path, model, optimizer, scaler, rank: int, master:
                 (path.parent / name).write_text("".join(line + "\n" for line in kept))
         tqdm.write(f"resuming {path} at step {state['step']}")
     return state
+
+
+def train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
+    """model.train(); with `freeze_bn` its BatchNorm layers stay in eval mode: they normalize with the
+    running statistics they came with and do not update them (their scale and shift still learn). For
+    fine-tuning on batches too small or too alike (the frames of a few clips) for batch statistics."""
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def load_init(model: torch.nn.Module, path: str, master: bool) -> None:

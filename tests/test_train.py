@@ -63,8 +63,8 @@ def test_time_budget_and_portrait_batches(data_dir, tmp_path):
 def test_recurrent_model_trains_on_clips_from_its_stateless_twin(data_dir, tmp_path):
     train(smoke(data_dir, "max_steps=2", "tensorboard=false"), tmp_path / "still")
     cfg = smoke(data_dir, "model.name=recurrent_unet_mobilenet_v2", "data.clip_length=3", "max_steps=3",
-                "eval_every=3", "loss.boundary_weight=0.1", "tensorboard=false",
-                f"model.init={tmp_path / 'still' / 'best.pt'}")
+                "eval_every=3", "loss.boundary_weight=0.1", "tensorboard=false", "data.clip_jitter=0.3",
+                "model.freeze_bn=true", f"model.init={tmp_path / 'still' / 'best.pt'}")
     train(cfg, tmp_path / "clips")
     log = read_jsonl(tmp_path / "clips" / "log.jsonl")
     assert len(log) == 3 and all(math.isfinite(r["boundary"]) and r["boundary"] != 0 for r in log)
@@ -73,6 +73,10 @@ def test_recurrent_model_trains_on_clips_from_its_stateless_twin(data_dir, tmp_p
     still = load_checkpoint(tmp_path / "still" / "best.pt")[0].state_dict()
     trained = model.state_dict()
     assert all(k in trained for k in still) and any(k.startswith("decoder.grus.") for k in trained)
+    for name, value in still.items():  # freeze_bn: BatchNorm kept the statistics it came with
+        if name.endswith(("running_mean", "running_var")):
+            assert torch.equal(trained[name], value), name
+    assert not torch.equal(trained["head.weight"], still["head.weight"])  # while the weights learned
 
 
 def test_missing_files_fail_in_one_line(data_dir, tmp_path, capsys):
