@@ -875,8 +875,9 @@ def process_video(source: str | Path | int, output: str | Path, predictor: Predi
     output_kind "composite": the person over `background` (H.264 mp4/mov/mkv, audio copied); "masks": the
     0/255 mask as a video (audio copied); "alpha": RGBA, a .mov (QuickTime Animation) or a PNG folder.
     `save_masks`: a folder for 0/255 PNG masks named by 0-based frame index. `temporal`: off, median
-    (`TemporalMedian`), ema or flow (`TemporalFilter`), with `hysteresis` (None: the mode's default). `track`: segment a crop around the person (`PersonTracker`). `fps` is the
-    frame rate of folders and cameras. Raises `VideoError` (bad input, with `partial` set if
+    (`TemporalMedian`), ema or flow (`TemporalFilter`), with `hysteresis` (None: the mode's default).
+    `track`: segment a crop around the person (`PersonTracker`). `fps` is the frame rate of folders and
+    cameras. Raises `VideoError` (bad input, with `partial` set if
     something was kept), ValueError, FileNotFoundError or FileExistsError (bad arguments, nothing
     written).
     """
