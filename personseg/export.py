@@ -73,6 +73,7 @@ def onnx_metadata(info: dict, model: nn.Module | None = None) -> dict[str, str]:
         "mean": json.dumps([float(v) for v in info["mean"]]),  # of 0-1 RGB; the model input is (x - mean) / std
         "std": json.dumps([float(v) for v in info["std"]]),
         "threshold": repr(float(info["threshold"])),
+        "tta": "1" if info.get("meta", {}).get("tta") else "0",  # the predictor's mirror averaging, as shipped
         "precision": "fp32",  # quantize_int8 rewrites it
         "personseg_version": personseg.__version__,
     }

@@ -48,6 +48,7 @@ def read_metadata(props: dict[str, str], path: str | Path) -> dict:
                               "write one with `personseg export CHECKPOINT -o model.onnx`")
     info = {k: (json.loads(v) if k in JSON_KEYS else v) for k, v in props.items()}
     info["threshold"] = float(info["threshold"])
+    info["tta"] = info.get("tta") == "1"  # files from before it was recorded: off
     if "pad_multiple" in info:
         info["pad_multiple"] = int(info["pad_multiple"])
     return info

@@ -77,14 +77,16 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, path: str | Path, device="cpu", refine: bool = True, threads: int | None = None,
-                  tta: bool = False) -> "Predictor":
-        """The same predictor on an ONNX Runtime session of a `personseg export` file (fp32 or int8)."""
+                  tta: bool | None = None) -> "Predictor":
+        """The same predictor on an ONNX Runtime session of a `personseg export` file (fp32 or int8);
+        `tta` None: as the file says (the checkpoint's setting when it was exported)."""
         from personseg.onnx_backend import OnnxModel
 
         model = OnnxModel(path, device=device, threads=threads)
         info = model.info
         return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
-                   threshold=info["threshold"], refine=refine, device="cpu", info=info, tta=tta)
+                   threshold=info["threshold"], refine=refine, device="cpu", info=info,
+                   tta=info["tta"] if tta is None else tta)
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         return self.predict_batch([rgb])[0]
@@ -138,7 +140,7 @@ def load(path_or_name: str | Path | None = None, device: str | None = "cpu", ref
          tta: bool | None = None) -> Predictor:
     """A predictor from a checkpoint path, an ONNX file from `personseg export` (run by ONNX Runtime),
     or a shipped model by name ("accurate", "fast"; None = the default). `tta` (mirror-image averaging,
-    see `Predictor`) None: the checkpoint's own setting (on for `accurate`), off for ONNX files."""
+    see `Predictor`) None: the file's own setting (on for `accurate` and ONNX files exported from it)."""
     name = str(path_or_name or DEFAULT_MODEL)
     shipped = WEIGHTS_DIR / f"{name}.pt"
     if path_or_name is None or (not Path(name).exists() and shipped.exists()):
@@ -148,5 +150,5 @@ def load(path_or_name: str | Path | None = None, device: str | None = "cpu", ref
                                     "pass a checkpoint path with --model")
         return Predictor.from_checkpoint(shipped, device, refine, tta)
     if name.lower().endswith(".onnx"):
-        return Predictor.from_onnx(name, device, refine, tta=bool(tta))
+        return Predictor.from_onnx(name, device, refine, tta=tta)
     return Predictor.from_checkpoint(name, device, refine, tta)

@@ -90,6 +90,9 @@ def test_metadata_round_trip(tiny_checkpoint, tmp_path):
     for key in ("arch", "model_kwargs", "input_size", "mean", "std", "threshold"):
         assert loaded.info[key] == pytest.approx(info[key]), key
     assert loaded.input_size == (160, 96) and loaded.threshold == info["threshold"]
+    assert not loaded.tta  # the checkpoint's mirror-averaging setting travels too
+    export_onnx(model, {**info, "meta": {**info["meta"], "tta": True}}, tmp_path / "t.onnx", check=False)
+    assert personseg.load(tmp_path / "t.onnx").tta and not personseg.load(tmp_path / "t.onnx", tta=False).tta
 
 
 def test_parity_check_catches_a_different_model(tiny_checkpoint, tmp_path):
