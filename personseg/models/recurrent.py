@@ -47,14 +47,15 @@ class RecurrentDecoder(UNetDecoder):
     """The UNet decoder (same up-blocks and final up-sampling) with a ConvGRU on half the channels of
     each up-block's output.
 
-    residual=True: those channels become x + out_scale * h (out_scale starts at 0.01), so a model
-    started from its stateless twin's weights computes almost exactly what the twin did and learns how
-    much of the state to use; residual=False (RVM's design): they are replaced by h, which starts as noise that the
-    pretrained decoder must first learn to ignore."""
+    residual (set by the model): those channels become x + out_scale * h (out_scale starts at 0.01),
+    so a model started from its stateless twin's weights computes almost exactly what the twin did and
+    learns how much of the state to use; not residual (RVM's design): they are replaced by h, which
+    starts as noise that the pretrained decoder must first learn to ignore."""
 
-    def __init__(self, encoder_channels: list[int], decoder_channels: list[int], residual: bool = True):
+    residual = True
+
+    def __init__(self, encoder_channels: list[int], decoder_channels: list[int]):
         super().__init__(encoder_channels, decoder_channels)
-        self.residual = residual
         self.state_channels = [c // 2 for c in decoder_channels[:4]]
         self.grus = nn.ModuleList(ConvGRU(c) for c in self.state_channels)
 
@@ -79,7 +80,7 @@ class RecurrentUNetMobileNet(UNetMobileNet):
 
     def __init__(self, *args, residual: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.decoder.residual = residual
+        self.decoder.residual = residual  # see RecurrentDecoder
 
     def state_shapes(self, batch: int, height: int, width: int) -> list[tuple[int, int, int, int]]:
         """Shapes of the four state tensors for (batch, 3, height, width) frames."""
