@@ -81,7 +81,7 @@ class OptimConfig:
 class LossConfig:
     bce_weight: float = 0.6
     region_weight: float = 0.4
-    region: str = "tversky"  # tversky | gdl | dice
+    region: str = "tversky"  # tversky | gdl | dice | lovasz
     boundary_weight: float = 0.0  # initial weight of the boundary loss
     boundary_step: float = 0.01  # added at the end of each epoch once val IoU has plateaued
     boundary_max: float = 1.0
@@ -154,7 +154,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(cfg: TrainConfig) -> None:
     """Check the string choices, so a typo fails at start-up and not hours into a run."""
     choices = [("amp", cfg.amp, AMP_MODES), ("schedule.scheduler", cfg.schedule.scheduler, SCHEDULERS),
-               ("loss.region", cfg.loss.region, ("tversky", "gdl", "dice"))]
+               ("loss.region", cfg.loss.region, ("tversky", "gdl", "dice", "lovasz"))]
     for name, value, allowed in choices:
         if value not in allowed:
             raise ValueError(f"{name}={value!r}: choose one of {', '.join(allowed)}")

@@ -4,9 +4,9 @@ Every loss takes `logits` (B, 1, H, W), a `target` (B, 1, H, W) in [0, 1] (soft 
 an optional `valid` (B, 1, H, W) bool/float mask: pixels where `valid` is 0 are ignored, they add
 nothing to a loss and get no gradient. Each loss returns a scalar tensor.
 
-Region losses (dice, tversky, generalized dice) use soft counts from sigmoid probabilities and are
-computed per image, then averaged over the batch, so that a small person in one image is not drowned
-by a large one in another.
+Region losses (dice, tversky, generalized dice) use soft counts from sigmoid probabilities; the Lovász
+hinge works on the logits directly. All are computed per image, then averaged over the batch, so that
+a small person in one image is not drowned by a large one in another.
 """
 
 import math
@@ -92,6 +92,31 @@ def generalized_dice_loss(logits: Tensor, target: Tensor, valid: Tensor | None =
     return (1 - (2 * inter + eps) / (union + eps)).mean()
 
 
+def lovasz_hinge_loss(logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Lovász hinge (Berman et al. 2018, "The Lovász-Softmax loss"), per image, batch mean.
+
+    The convex extension of the Jaccard loss 1 - IoU to real-valued hinge errors max(0, 1 - logit *
+    sign): pixels are sorted by error and each error is weighed by how much it adds to 1 - IoU, so the
+    loss optimises IoU itself rather than a per-pixel proxy. At logits of 0 (wrong) and +-1 (right) it
+    equals 1 - IoU of the right/wrong split exactly. Targets are binarised at 0.5; an image with no
+    valid pixel adds 0.
+    """
+    v = _valid_mask(valid, logits) > 0.5
+    losses = []
+    for x, t, keep in zip(logits.flatten(1), target.flatten(1), v.flatten(1)):
+        x, t = x[keep], (t[keep] > 0.5).to(logits.dtype)
+        if x.numel() == 0:
+            losses.append(logits.sum() * 0)
+            continue
+        errors, order = torch.sort(1 - x * (2 * t - 1), descending=True)
+        t = t[order]
+        inside = t.sum()
+        jaccard = 1 - (inside - t.cumsum(0)) / (inside + (1 - t).cumsum(0))
+        weights = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(torch.dot(F.relu(errors), weights))
+    return torch.stack(losses).mean()
+
+
 def boundary_loss(logits: Tensor, sdm: Tensor, valid: Tensor | None = None) -> Tensor:
     """Boundary loss (Kervadec et al. 2019): mean over valid pixels of sigmoid(logits) * sdm.
 
@@ -130,7 +155,8 @@ def signed_distance_map(mask: np.ndarray) -> np.ndarray:
     return out / np.float32(math.hypot(*pos.shape))
 
 
-REGION_LOSSES = {"tversky": tversky_loss, "gdl": generalized_dice_loss, "dice": dice_loss}
+REGION_LOSSES = {"tversky": tversky_loss, "gdl": generalized_dice_loss, "dice": dice_loss,
+                 "lovasz": lovasz_hinge_loss}
 
 
 class SegLoss(nn.Module):

@@ -6,9 +6,9 @@ import torch
 from scipy.ndimage import distance_transform_edt
 
 from personseg.losses import (SegLoss, bce_loss, boundary_loss, dice_loss, generalized_dice_loss,
-                              signed_distance_map, tversky_loss)
+                              lovasz_hinge_loss, signed_distance_map, tversky_loss)
 
-REGION_LOSSES = [dice_loss, tversky_loss, generalized_dice_loss]
+REGION_LOSSES = [dice_loss, tversky_loss, generalized_dice_loss, lovasz_hinge_loss]
 
 
 def logit(p) -> torch.Tensor:
@@ -58,6 +58,22 @@ def test_generalized_dice_empty_foreground():
     # 1 - 2*(0 + sum(1 - p)) / (sum(p) + 0 + sum(1 - p) + 4) = 1 - 2*1.9 / 8
     loss = generalized_dice_loss(logit(P), torch.zeros_like(T))
     assert loss.item() == pytest.approx(1 - 3.8 / 8)
+
+
+def test_lovasz_is_jaccard_loss_at_the_vertices():
+    # A logit of +-1 on the right side has hinge error 0, a logit of 0 error 1: there the loss is
+    # exactly 1 - IoU of the mask "right person pixels + wrongly called pixels".
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        target = torch.from_numpy(rng.random((1, 1, 6, 7)) > 0.5).double()
+        wrong = torch.from_numpy(rng.random((1, 1, 6, 7)) > 0.7)
+        logits = torch.where(wrong, 0.0, target * 2 - 1)
+        called = torch.where(wrong, 1 - target, target).bool()
+        gt = target.bool()
+        iou = (called & gt).sum() / (called | gt).sum().clamp_min(1)
+        assert lovasz_hinge_loss(logits, target).item() == pytest.approx(1 - iou.item())
+    # An image with no person: only the worst error counts (the IoU of any false call is 0).
+    assert lovasz_hinge_loss(logit(P), torch.zeros_like(T)).item() == pytest.approx(1 + math.log(0.8 / 0.2))
 
 
 def test_region_losses_average_images():
