@@ -378,6 +378,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="upsample bilinearly instead of with the guided filter")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
                         help="average with the mirror image's output (default: the model's own setting)")
+    parser.add_argument("--keep", choices=["all", "largest"], default="all",
+                        help="score every person found, or the largest person region only (default: all)")
     parser.add_argument("--worst", type=nonnegative_int, default=12, metavar="K",
                         help="show the K images with the lowest IoU in the report (default: 12)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -396,7 +398,8 @@ def run(args: argparse.Namespace) -> int:
             if not (Path(folder) / sub).is_dir():
                 return usage_error(f"{folder}: no {sub}/ folder; each DATA folder holds images/ and masks/")
     try:
-        predictor = personseg.load(args.checkpoint, device=args.device, refine=not args.no_refine, tta=args.tta)
+        predictor = personseg.load(args.checkpoint, device=args.device, refine=not args.no_refine, tta=args.tta,
+                                   keep=args.keep)
     except (OSError, ValueError) as e:
         return usage_error(f"cannot load the model: {e}")
     result = evaluate_folders(predictor, args.data, args.split, args.limit or None,

@@ -46,15 +46,36 @@ def preprocess(images: list[np.ndarray], size: tuple[int, int], mean: np.ndarray
     return torch.from_numpy(batch).permute(0, 3, 1, 2)  # an NHWC buffer is (N, 3, h, w) channels_last
 
 
+KEEP = ("all", "largest")
+
+
+def keep_largest(alpha: np.ndarray, threshold: float) -> np.ndarray:
+    """The alpha with everything away from its largest connected person region (alpha >= threshold)
+    set to 0; the region's soft edge, a band of 1% of the image's longer side, is kept."""
+    mask = (alpha >= threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 2:  # background and at most one region
+        return alpha
+    largest = (labels == 1 + np.argmax(stats[1:, cv2.CC_STAT_AREA])).astype(np.uint8)
+    r = max(2, round(0.01 * max(alpha.shape)))
+    near = cv2.dilate(largest, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    return np.where(near > 0, alpha, 0).astype(alpha.dtype)
+
+
 class Predictor:
     """`predict(rgb)` -> person alpha. rgb is HxWx3 uint8 RGB; the alpha is HxW float32 in [0, 1].
 
     `tta`: also run the model on the mirror image and average the two probabilities (before the
-    upsampling): twice the model's time for a steadier mask (the card of `accurate` says how much)."""
+    upsampling): twice the model's time for a steadier mask (the card of `accurate` says how much).
+    `keep`: "all" people found, or only the "largest" connected person region (`keep_largest`), for
+    one-person cut-outs of photos with bystanders."""
 
     def __init__(self, model: nn.Module, *, input_size: tuple[int, int] = (320, 180),
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold: float = 0.5, refine: bool = True,
-                 device: str | torch.device | None = "cpu", info: dict | None = None, tta: bool = False):
+                 device: str | torch.device | None = "cpu", info: dict | None = None, tta: bool = False,
+                 keep: str = "all"):
+        if keep not in KEEP:
+            raise ValueError(f"keep={keep!r}: choose one of {', '.join(KEEP)}")
         self.device = resolve_device(device)
         if isinstance(model, nn.Module):  # else a callable such as personseg.onnx_backend.OnnxModel
             model = model.eval().to(self.device, memory_format=torch.channels_last)
@@ -63,7 +84,7 @@ class Predictor:
         self.mean = np.asarray(mean, np.float32) * 255
         self.std = np.asarray(std, np.float32) * 255
         self.threshold = float(threshold)
-        self.refine, self.tta = refine, tta
+        self.refine, self.tta, self.keep = refine, tta, keep
         self.info = info or {}
 
     @classmethod
@@ -110,7 +131,8 @@ class Predictor:
                 chunk = indices[start:start + batch_size]
                 probs = self._forward([images[i] for i in chunk], model_size(h, w, self.input_size))
                 for i, prob in zip(chunk, probs):
-                    results[i] = self.upsample(images[i], prob)
+                    alpha = self.upsample(images[i], prob)
+                    results[i] = keep_largest(alpha, self.threshold) if self.keep == "largest" else alpha
         return results
 
     def _forward(self, images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -137,10 +159,19 @@ class Predictor:
 
 
 def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool = True,
-         tta: bool | None = None) -> Predictor:
+         tta: bool | None = None, keep: str = "all") -> Predictor:
     """A predictor from a checkpoint path, an ONNX file from `personseg export` (run by ONNX Runtime),
     or a shipped model by name ("accurate", "fast"; None = the default). `tta` (mirror-image averaging,
-    see `Predictor`) None: the file's own setting (on for `accurate` and ONNX files exported from it)."""
+    see `Predictor`) None: the file's own setting (on for `accurate` and ONNX files exported from it).
+    `keep`: "all" people, or the "largest" person region only (see `Predictor`)."""
+    if keep not in KEEP:
+        raise ValueError(f"keep={keep!r}: choose one of {', '.join(KEEP)}")
+    predictor = _load(path_or_name, device, refine, tta)
+    predictor.keep = keep
+    return predictor
+
+
+def _load(path_or_name, device, refine, tta) -> Predictor:
     name = str(path_or_name or DEFAULT_MODEL)
     shipped = WEIGHTS_DIR / f"{name}.pt"
     if path_or_name is None or (not Path(name).exists() and shipped.exists()):

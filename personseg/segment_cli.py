@@ -44,6 +44,7 @@ examples:
   personseg segment photo.jpg -o out
   personseg segment --example -o out          (a real photo that ships with scikit-image)
   personseg segment photos/ -o out --recursive --save mask,overlay
+  personseg segment product_shots/ -o out --keep largest      (the main person only, no bystanders)
   personseg segment "shots/*.png" -o out --save background --background "#00b140"
   personseg segment photos/ -o out --save all --model runs/exp1/best.pt --device cuda --batch-size 16
 """
@@ -58,10 +59,6 @@ def _save_kinds(value: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"unknown output {', '.join(unknown) or value!r}; "
                                          f"choose from {', '.join(OUTPUTS)} or all")
     return kinds
-
-
-
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run the model on the mirror image and average: a little more accurate, "
                              "twice the model's time (default: the model's own setting: on for accurate, "
                              "off for fast and for your checkpoints)")
+    parser.add_argument("--keep", choices=["all", "largest"], default="all",
+                        help="all: every person found; largest: only the largest connected person region, "
+                             "for one-person cut-outs of photos with bystanders (default: all)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run the model; auto picks cuda when a GPU is available (default: auto)")
     parser.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         hint = "" if args.recursive else " (add --recursive to look in subfolders)"
         return usage_error(f"no images found in {' '.join(args.inputs)}{hint}")
     try:
-        predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine, tta=args.tta)
+        predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine, tta=args.tta,
+                                   keep=args.keep)
     except (OSError, ValueError) as e:
         return usage_error(f"cannot load the model: {e}")
     threshold = predictor.threshold if args.threshold is None else args.threshold

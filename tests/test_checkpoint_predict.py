@@ -7,7 +7,7 @@ import torch
 import personseg
 from personseg.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from personseg.models import create_model
-from personseg.predict import Predictor, model_size
+from personseg.predict import Predictor, keep_largest, model_size
 
 
 @pytest.fixture()
@@ -108,6 +108,40 @@ def test_tta_averages_the_image_and_its_mirror(tiny, tmp_path):
     save_checkpoint(path, model, meta={"tta": True}, **{k: info[k] for k in (
         "arch", "model_kwargs", "input_size", "mean", "std", "threshold")})
     assert personseg.load(path).tta and not personseg.load(path, tta=False).tta
+
+
+def test_keep_largest_drops_the_smaller_regions_but_not_the_soft_edge():
+    alpha = np.zeros((100, 200), np.float32)
+    alpha[20:80, 20:90] = 1.0  # the main person
+    alpha[20:80, 19] = 0.3  # its soft edge, below the threshold
+    alpha[30:60, 150:170] = 0.9  # a bystander
+    alpha[5, 195] = 0.2  # a faint speck far away
+    kept = keep_largest(alpha, 0.5)
+    np.testing.assert_array_equal(kept[:, :100], alpha[:, :100])
+    assert kept[:, 100:].max() == 0
+    np.testing.assert_array_equal(keep_largest(alpha[:, :100], 0.5), alpha[:, :100])  # one region: as it was
+
+
+class TwoBlobs(torch.nn.Module):
+    """A stand-in model whose logits show a large person on the left and a small one on the right."""
+
+    def forward(self, x):
+        logits = torch.full((x.shape[0], 1, *x.shape[2:]), -10.0)
+        h, w = x.shape[2:]
+        logits[..., h // 4:, : w // 2] = 10.0
+        logits[..., h // 2:, 3 * w // 4:] = 10.0
+        return logits
+
+
+def test_predictor_keep_largest():
+    image = np.zeros((64, 96, 3), np.uint8)
+    both = Predictor(TwoBlobs(), input_size=(96, 64)).predict_mask(image)
+    largest = Predictor(TwoBlobs(), input_size=(96, 64), keep="largest").predict_mask(image)
+    assert both[:, 80:].any() and not largest[:, 80:].any()
+    np.testing.assert_array_equal(largest[:, :48], both[:, :48])
+    with pytest.raises(ValueError, match="largest"):
+        Predictor(TwoBlobs(), keep="main")
+
 
 def test_predictor_rejects_wrong_arrays(tiny):
     seg = personseg.load(tiny[1])

@@ -66,7 +66,6 @@ def test_every_output_kind(photos, tmp_path, segment):
     assert len(list(out.iterdir())) == 12  # and no temp files
 
 
-
 def test_tta_flag_changes_the_alpha(photos, tmp_path, segment):
     masks = {}
     for flag in ("--tta", "--no-tta"):
@@ -76,6 +75,16 @@ def test_tta_flag_changes_the_alpha(photos, tmp_path, segment):
         masks[flag] = np.asarray(Image.open(out / "00001_alpha.png"), np.int16)
     assert masks["--tta"].shape == masks["--no-tta"].shape
     assert (masks["--tta"] != masks["--no-tta"]).any()  # the same run with the mirror's half averaged in
+
+
+def test_keep_largest_flag_keeps_a_part_of_the_mask(photos, tmp_path, segment):
+    masks = {}
+    for keep in ("all", "largest"):
+        code, err = segment(photos / "sub" / "1.jpg", "-o", tmp_path / keep, "--save", "mask", "--keep", keep)
+        assert code == 0, err
+        masks[keep] = np.asarray(Image.open(tmp_path / keep / "1_mask.png")) > 0
+    assert masks["largest"].any() and not (masks["largest"] & ~masks["all"]).any()
+
 
 def test_folder_recursive_mirrors_folders_on_name_clash(photos, tmp_path, segment):
     out = tmp_path / "out"
@@ -145,6 +154,6 @@ def test_help_lists_every_option():
     result = subprocess.run([sys.executable, "-m", "personseg", "segment", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for option in ["--output", "--save", "--background", "--threshold", "--no-refine", "--model", "--tta", "--device",
-                   "--batch-size", "--recursive", "--overwrite", "--quiet", "examples:"]:
+    for option in ["--output", "--save", "--background", "--threshold", "--no-refine", "--model", "--tta", "--keep",
+                   "--device", "--batch-size", "--recursive", "--overwrite", "--quiet", "examples:"]:
         assert option in result.stdout
