@@ -153,8 +153,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate(cfg: TrainConfig) -> None:
     """Check the string choices, so a typo fails at start-up and not hours into a run."""
+    from personseg.losses import REGION_LOSSES
+
     choices = [("amp", cfg.amp, AMP_MODES), ("schedule.scheduler", cfg.schedule.scheduler, SCHEDULERS),
-               ("loss.region", cfg.loss.region, ("tversky", "gdl", "dice", "lovasz"))]
+               ("loss.region", cfg.loss.region, tuple(REGION_LOSSES))]
     for name, value, allowed in choices:
         if value not in allowed:
             raise ValueError(f"{name}={value!r}: choose one of {', '.join(allowed)}")

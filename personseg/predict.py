@@ -89,16 +89,16 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device="cpu", refine: bool = True,
-                        tta: bool | None = None) -> "Predictor":
+                        tta: bool | None = None, keep: str = "all") -> "Predictor":
         """`tta` None: as the checkpoint says (meta["tta"], set when a model is shipped with it)."""
         model, info = load_checkpoint(path)
         tta = bool(info.get("meta", {}).get("tta", False)) if tta is None else tta
         return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
-                   threshold=info["threshold"], refine=refine, device=device, info=info, tta=tta)
+                   threshold=info["threshold"], refine=refine, device=device, info=info, tta=tta, keep=keep)
 
     @classmethod
     def from_onnx(cls, path: str | Path, device="cpu", refine: bool = True, threads: int | None = None,
-                  tta: bool | None = None) -> "Predictor":
+                  tta: bool | None = None, keep: str = "all") -> "Predictor":
         """The same predictor on an ONNX Runtime session of a `personseg export` file (fp32 or int8);
         `tta` None: as the file says (the checkpoint's setting when it was exported)."""
         from personseg.onnx_backend import OnnxModel
@@ -107,7 +107,7 @@ class Predictor:
         info = model.info
         return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
                    threshold=info["threshold"], refine=refine, device="cpu", info=info,
-                   tta=info["tta"] if tta is None else tta)
+                   tta=info["tta"] if tta is None else tta, keep=keep)
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         return self.predict_batch([rgb])[0]
@@ -164,14 +164,6 @@ def load(path_or_name: str | Path | None = None, device: str | None = "cpu", ref
     or a shipped model by name ("accurate", "fast"; None = the default). `tta` (mirror-image averaging,
     see `Predictor`) None: the file's own setting (on for `accurate` and ONNX files exported from it).
     `keep`: "all" people, or the "largest" person region only (see `Predictor`)."""
-    if keep not in KEEP:
-        raise ValueError(f"keep={keep!r}: choose one of {', '.join(KEEP)}")
-    predictor = _load(path_or_name, device, refine, tta)
-    predictor.keep = keep
-    return predictor
-
-
-def _load(path_or_name, device, refine, tta) -> Predictor:
     name = str(path_or_name or DEFAULT_MODEL)
     shipped = WEIGHTS_DIR / f"{name}.pt"
     if path_or_name is None or (not Path(name).exists() and shipped.exists()):
@@ -179,7 +171,7 @@ def _load(path_or_name, device, refine, tta) -> Predictor:
             available = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) or ["none"]
             raise FileNotFoundError(f"no shipped model named {name!r} (shipped: {', '.join(available)}); "
                                     "pass a checkpoint path with --model")
-        return Predictor.from_checkpoint(shipped, device, refine, tta)
+        return Predictor.from_checkpoint(shipped, device, refine, tta, keep)
     if name.lower().endswith(".onnx"):
-        return Predictor.from_onnx(name, device, refine, tta=tta)
-    return Predictor.from_checkpoint(name, device, refine, tta)
+        return Predictor.from_onnx(name, device, refine, tta=tta, keep=keep)
+    return Predictor.from_checkpoint(name, device, refine, tta, keep)

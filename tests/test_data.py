@@ -236,7 +236,6 @@ def test_person_free_composites(data_dir, tmp_path):
         load_config(cfg_file, ["data.sources.0.people=[2, 1]"])
 
 
-
 def test_decoys_are_background_and_hide_the_people_they_cover(data_dir, tmp_path):
     root = data_dir / "composites"
     plain = Composites(root / "foregrounds", root / "backgrounds", size=SIZE, augment="none")
@@ -261,6 +260,7 @@ def test_decoys_are_background_and_hide_the_people_they_cover(data_dir, tmp_path
     assert tuple(load_config(cfg_file, []).data.sources[0].decoys) == (1, 2)
     with pytest.raises(ValueError, match="decoys"):
         load_config(cfg_file, ["data.sources.0.decoys=[3, 1]"])
+
 
 def test_tall_samples_and_orientation_aware_validation(data_dir):
     ds = LabelMaps(data_dir / "ccp", size=(160, 96), augment="mild", limit=2)

@@ -275,7 +275,6 @@ def test_temporal_hysteresis_stops_on_off_wobble_near_the_threshold():
     assert flips(0.2) < 0.1 * flips(0.0)  # measured 6%
 
 
-
 def run_median(probs, **kwargs):
     """Every prob through a TemporalMedian's push/flush; the outputs in order, checked to be complete."""
     smoother = TemporalMedian(**kwargs)
@@ -319,6 +318,7 @@ def test_temporal_median_handles_clips_shorter_than_its_window_and_new_sizes():
     assert [float(o[0, 0]) for o in out] == pytest.approx([0.2, 0.9, 0.4])
     with pytest.raises(ValueError, match="odd"):
         TemporalMedian(window=4)
+
 
 # ------------------------------------------------------------------------------------ tracker
 
@@ -406,7 +406,6 @@ def test_recurrent_model_state_and_onnx_step(tmp_path):
     np.testing.assert_allclose(outputs[1], expected_state[0].numpy(), atol=1e-4, rtol=1e-3)
 
 
-
 def test_recurrent_model_starts_as_its_stateless_twin():
     from personseg.models import create_model
 
@@ -424,6 +423,7 @@ def test_recurrent_model_starts_as_its_stateless_twin():
             second, _ = model(x, state)
             change[residual] = max((out - expected).abs().max().item() for out in (logits, second))
     assert change[True] < 0.05 * change[False]  # the state weighs in at 0.01 until training says otherwise
+
 
 # ------------------------------------------------------------------------------------ metrics
 
