@@ -164,10 +164,10 @@ def validate(cfg: TrainConfig) -> None:
         if src.kind not in SOURCE_KINDS or src.augment not in AUGMENTS or not src.name:
             raise ValueError(f"data.sources.{i} ({src.name or 'no name'}): needs a name, kind in {SOURCE_KINDS}, "
                              f"augment in {AUGMENTS}")
-        if len(src.people) != 2 or not 0 <= src.people[0] <= src.people[1]:
-            raise ValueError(f"data.sources.{i}.people={list(src.people)}: expected [min, max] with 0 <= min <= max")
-        if len(src.decoys) != 2 or not 0 <= src.decoys[0] <= src.decoys[1]:
-            raise ValueError(f"data.sources.{i}.decoys={list(src.decoys)}: expected [min, max] with 0 <= min <= max")
+        for key in ("people", "decoys"):
+            low_high = getattr(src, key)
+            if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1]:
+                raise ValueError(f"data.sources.{i}.{key}={list(low_high)}: expected [min, max] with 0 <= min <= max")
     if len(cfg.data.input_size) != 2:
         raise ValueError("data.input_size: expected [W, H]")
     if cfg.data.clip_jitter < 0:

@@ -37,6 +37,7 @@ import torch
 from personseg.cli import nonnegative_int, threshold
 from personseg.imageio import ImageReadError, read_image, write_image_atomic
 from personseg.metrics import BinaryMetrics, per_image_stats, precision_recall_curve
+from personseg.predict import KEEP
 
 IGNORE = 128  # mask value for pixels that count neither way
 SPLITS = ("val", "train", "all")
@@ -378,7 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="upsample bilinearly instead of with the guided filter")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
                         help="average with the mirror image's output (default: the model's own setting)")
-    parser.add_argument("--keep", choices=["all", "largest"], default="all",
+    parser.add_argument("--keep", choices=KEEP, default="all",
                         help="score every person found, or the largest person region only (default: all)")
     parser.add_argument("--worst", type=nonnegative_int, default=12, metavar="K",
                         help="show the K images with the lowest IoU in the report (default: 12)")
@@ -402,8 +403,10 @@ def run(args: argparse.Namespace) -> int:
                                    keep=args.keep)
     except (OSError, ValueError) as e:
         return usage_error(f"cannot load the model: {e}")
-    result = evaluate_folders(predictor, args.data, args.split, args.limit or None,
-                              threshold=args.threshold, worst=args.worst, progress=True)
+    if args.threshold is not None:
+        predictor.threshold = args.threshold  # --keep largest picks its region at the same threshold
+    result = evaluate_folders(predictor, args.data, args.split, args.limit or None, worst=args.worst,
+                              progress=True)
     if not result["per_image"] and not result["errors"]:
         return usage_error(f"no images in {' '.join(args.data)} (split {args.split})")
     try:

@@ -168,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
                                    keep=args.keep)
     except (OSError, ValueError) as e:
         return usage_error(f"cannot load the model: {e}")
-    threshold = predictor.threshold if args.threshold is None else args.threshold
+    if args.threshold is not None:
+        predictor.threshold = args.threshold  # --keep largest picks its region at the same threshold
+    threshold = predictor.threshold
 
     outdir = Path(args.output)
     plan = {p: {k: outdir / base.with_name(base.name + OUTPUTS[k]) for k in kinds}

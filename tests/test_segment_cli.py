@@ -80,7 +80,8 @@ def test_tta_flag_changes_the_alpha(photos, tmp_path, segment):
 def test_keep_largest_flag_keeps_a_part_of_the_mask(photos, tmp_path, segment):
     masks = {}
     for keep in ("all", "largest"):
-        code, err = segment(photos / "sub" / "1.jpg", "-o", tmp_path / keep, "--save", "mask", "--keep", keep)
+        code, err = segment(photos / "sub" / "1.jpg", "-o", tmp_path / keep, "--save", "mask", "--keep", keep,
+                            "--threshold", "0.4")
         assert code == 0, err
         masks[keep] = np.asarray(Image.open(tmp_path / keep / "1_mask.png")) > 0
     assert masks["largest"].any() and not (masks["largest"] & ~masks["all"]).any()
