@@ -31,7 +31,7 @@ class ModelConfig:
 class SourceConfig:
     """One training/validation source; `path` is relative to `data.root` unless absolute."""
     name: str = ""  # key in logs and metrics ("portraits")
-    kind: str = "folder"  # folder (images/ + masks/) | labelmaps (ccp) | coco | composites
+    kind: str = "folder"  # folder (images/ + masks/) | labelmaps (ccp) | coco | composites | copypaste
     path: str = ""
     weight: float = 1.0  # relative sampling weight in the training mix (0 = validation only)
     augment: str = "mild"  # mild (real photos) | strong (synthetic) | none
@@ -40,6 +40,7 @@ class SourceConfig:
     length: int = 1000  # composites: samples per epoch (its validation set has length // 10)
     people: tuple[int, int] = (1, 4)  # composites: cut-outs per scene, min and max; (0, 0) = person-free scenes
     decoys: tuple[int, int] = (0, 0)  # composites: non-person objects pasted among them, min and max
+    backgrounds: list[str] = field(default_factory=list)  # copypaste: person-free image folders to paste onto
 
 
 def _default_sources() -> list[SourceConfig]:
@@ -123,7 +124,7 @@ class TrainConfig:
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 SCHEDULERS = ("plateau", "reduce_on_plateau", "cosine")
-SOURCE_KINDS = ("folder", "labelmaps", "coco", "composites")
+SOURCE_KINDS = ("folder", "labelmaps", "coco", "composites", "copypaste")
 AUGMENTS = ("mild", "strong", "none")
 
 

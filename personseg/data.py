@@ -47,11 +47,23 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VAL_EVERY = 10
 
 
+SPLITS = ("train", "val", "holdout")
+
+
+def split_of(index: int, val_every: int = VAL_EVERY) -> str:
+    """The split rule: index % val_every == val_every - 1 is validation, index % val_every == 4 (the
+    middle of each block of ten) is the held-back split that no training, checkpoint, threshold or
+    recipe choice looks at (the model card's final figures), every other index trains."""
+    if index % val_every == val_every - 1:
+        return "val"
+    return "holdout" if val_every > 5 and index % val_every == 4 else "train"
+
+
 def split_items(items: list, split: str, val_every: int = VAL_EVERY) -> list:
-    """The split rule on an already sorted list: index % val_every == val_every - 1 is validation."""
-    if split not in ("train", "val"):
-        raise ValueError(f"split={split!r}: use 'train' or 'val'")
-    return [x for i, x in enumerate(items) if (i % val_every == val_every - 1) == (split == "val")]
+    """The split rule (`split_of`) on an already sorted list."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: use one of {', '.join(SPLITS)}")
+    return [x for i, x in enumerate(items) if split_of(i, val_every) == split]
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -352,6 +364,72 @@ class Composites(SegDataset):
         return raw
 
 
+class CopyPaste(SegDataset):
+    """Simple Copy-Paste (Ghiasi et al., CVPR 2021): COCO person instances cut out with their masks and
+    pasted, 1 to `max_people` per scene, at random scale and position onto person-free photos
+    (`backgrounds`: folders of images, e.g. negatives/images and composites/backgrounds). Only the
+    instance's own pixels travel (people beside it in its photo stay behind); the mask edge is
+    softened by a small Gaussian, mask = alpha > 0.5. Instances and backgrounds both follow the split
+    rule, so validation and held-back photos are never pasted into training scenes."""
+
+    def __init__(self, images_dir: str | Path, annotation_json: str | Path, backgrounds: list[str | Path],
+                 length: int = 1000, max_people: int = 3, min_area: int = 2500, split: str = "train",
+                 size: tuple[int, int] = (320, 180), augment: str = "mild", val_every: int = VAL_EVERY,
+                 seed: int = 0, with_sdm: bool = False, source: str = "copypaste", orient_val: bool = False):
+        from pycocotools.coco import COCO  # optional source: import only when used
+
+        super().__init__(source, size, augment, seed, with_sdm, orient_val)
+        self.images_dir = Path(images_dir)
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco = COCO(str(annotation_json))
+        cat_ids = self.coco.getCatIds(catNms=["person"])
+        ids = sorted(self.coco.getImgIds(catIds=cat_ids), key=lambda i: self.coco.imgs[i]["file_name"])
+        self.instances = [ann for img_id in split_items(ids, split, val_every)
+                          for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, catIds=cat_ids))
+                          if not ann.get("iscrowd", 0) and ann["area"] >= min_area]
+        self.backgrounds = [p for folder in backgrounds for p in split_items(list_images(Path(folder)), split,
+                                                                              val_every)]
+        if not self.instances or not self.backgrounds:
+            raise ValueError(f"{source}: needs COCO person instances of area >= {min_area} and background "
+                             f"photos; found {len(self.instances)} and {len(self.backgrounds)}")
+        self.length, self.max_people = length, max_people
+
+    def __len__(self) -> int:
+        return self.length
+
+    def instance(self, ann: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The instance's box crop: rgb (h, w, 3) float32 and its mask (h, w) float32 in {0, 1}."""
+        info = self.coco.imgs[ann["image_id"]]
+        image = read_rgb(self.images_dir / info["file_name"])
+        m = self.coco.annToMask(ann)
+        if m.shape != image.shape[:2]:
+            m = cv2.resize(m, image.shape[1::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+        ys, xs = np.nonzero(m)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        return image[y0:y1, x0:x1].astype(np.float32), m[y0:y1, x0:x1].astype(np.float32)
+
+    def load(self, i: int, seed: int) -> dict[str, Any]:
+        rng = np.random.default_rng(seed)
+        image = read_rgb(self.backgrounds[rng.integers(len(self.backgrounds))]).astype(np.float32)
+        H, W = image.shape[:2]
+        alpha = np.zeros((H, W), np.float32)
+        for _ in range(int(rng.integers(1, self.max_people + 1))):
+            rgb, a = self.instance(self.instances[rng.integers(len(self.instances))])
+            h = max(8, round(H * rng.uniform(0.2, 0.95)))
+            w = max(2, round(a.shape[1] * h / a.shape[0]))
+            if w > W:  # a wide instance: fit the width instead
+                h, w = max(2, round(h * W / w)), W
+            rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+            a = cv2.GaussianBlur(cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR), (0, 0), 0.7)
+            if rng.random() < 0.5:
+                rgb, a = rgb[:, ::-1], a[:, ::-1]
+            x = int(rng.integers(-w // 4, max(-w // 4 + 1, W - 3 * w // 4)))
+            y = int(rng.integers(0, max(1, H - h // 2)))
+            paste(image, alpha, rgb, a, x, y)
+        return {"image": image.round().clip(0, 255).astype(np.uint8), "mask": (alpha > 0.5).astype(np.uint8),
+                "name": f"copypaste_{i}"}
+
+
 def paste(image: np.ndarray, alpha: np.ndarray, rgb: np.ndarray, a: np.ndarray, x: int, y: int,
           person: bool = True) -> bool:
     """Composite the cut-out `rgb` (h, w, 3) float with alpha `a` (h, w) in [0, 1] over `image` (H, W, 3)
@@ -522,6 +600,11 @@ def build_source(src: SourceConfig, cfg: TrainConfig, split: str) -> SegDataset:
     if src.kind == "coco":
         return CocoPersons(path / "images" if (path / "images").is_dir() else path,
                            path / (src.annotations or "annotations.json"), limit=limit, **common)
+    if src.kind == "copypaste":
+        length = src.length if split == "train" else max(1, src.length // cfg.data.val_every)
+        return CopyPaste(path / "images", path / (src.annotations or "annotations.json"),
+                         [data_root(cfg) / b for b in src.backgrounds], length=limit or length,
+                         max_people=src.people[1], **common)
     if src.kind == "composites":
         length = src.length if split == "train" else max(1, src.length // cfg.data.val_every)
         return Composites(path / "foregrounds", path / "backgrounds", length=limit or length,

@@ -10,7 +10,7 @@ from PIL import Image
 
 from personseg import data
 from personseg.config import load_config
-from personseg.data import (Composites, CocoPersons, FolderPairs, LabelMaps, MixSampler, SyntheticClips,
+from personseg.data import (Composites, CocoPersons, CopyPaste, FolderPairs, LabelMaps, MixSampler, SyntheticClips,
                             build_train_dataset, build_train_sampler, build_val_datasets, split_items)
 
 SIZE = (160, 96)
@@ -25,10 +25,13 @@ def check_sample(s, size=SIZE):
     assert isinstance(s["name"], str) and isinstance(s["source"], str)
 
 
-def test_split_rule_every_tenth_file_is_validation():
+def test_split_rule_every_tenth_file_is_validation_and_the_fifth_held_back():
     items = [f"{i:03d}" for i in range(25)]
-    val, train = split_items(items, "val"), split_items(items, "train")
-    assert val == ["009", "019"] and sorted(train + val) == items
+    val, train, held = split_items(items, "val"), split_items(items, "train"), split_items(items, "holdout")
+    assert val == ["009", "019"] and held == ["004", "014", "024"]
+    assert sorted(train + val + held) == items and not set(train) & set(val + held)
+    with pytest.raises(ValueError, match="holdout"):
+        split_items(items, "test")
 
 
 def test_portraits_respect_split_csv(data_dir):
@@ -140,6 +143,24 @@ def test_coco_persons_union_and_crowd_ignored(tmp_path):
     assert valid[40, 45] == 1 and mask[40, 45] == 1  # a person instance inside the crowd box stays person
     assert valid[5, 70] == 1  # plain background
     assert b["valid"].all() and b["mask"][0, 5, 5] == 1 and b["mask"][0, 40, 60] == 0  # the dog is background
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_copy_paste_pastes_only_the_instance_onto_person_free_photos(tmp_path):
+    root = write_coco(tmp_path)
+    backgrounds = tmp_path / "empty"
+    backgrounds.mkdir()
+    cv2.imwrite(str(backgrounds / "room.png"), np.zeros((90, 120, 3), np.uint8))  # black: pasted pixels show
+    ds = CopyPaste(root / "images", root / "instances.json", [backgrounds], length=6, min_area=1000,
+                   size=(120, 90), val_every=100)
+    assert len(ds.instances) == 1  # the crowd region, the small person and the dog are not pasted
+    for i in range(len(ds)):
+        raw = ds.load(i, seed=i)
+        assert raw["image"].shape == (90, 120, 3) and raw["mask"].any()
+        inside = raw["image"][raw["mask"] > 0]
+        assert (inside > 100).all()  # the instance's grey pixels, nothing of the black background
+        assert (raw["image"][cv2.dilate(raw["mask"], np.ones((5, 5), np.uint8)) == 0] == 0).all()
+        check_sample(ds[i], (120, 90))
 
 
 @pytest.fixture(scope="module")
