@@ -3,12 +3,20 @@
 A data folder holds `images/NAME.jpg` and `masks/NAME.png`: 0 = background, 255 = person, 128 =
 ignore (not counted; `personseg data` writes it for COCO crowd regions); above 128 is person. Masks
 that are not the size of their image are resized to it (nearest neighbour on pixel centres) and
-counted in `masks_resized`.
+counted in `masks_resized`. A COCO folder (`images/` + `annotations.json`, no `masks/`) is scored the
+same way: person = the union of the person instances, `iscrowd` regions not covered by one ignored,
+exactly as training reads it (`personseg.data.CocoPersons`).
 
-Split: "val" is the training loop's validation split, taken from `personseg.data` so the two cannot
-drift apart: the folder's image/mask pairs sorted by name, every 10th one (`split_items`). Images
-without a mask belong to no split there; here they are skipped under "val" and reported as errors
-under "all" (every image).
+Split: "val" is the training loop's validation split and "holdout" the held-back split that no
+training or model choice looks at, both taken from `personseg.data` (`split_items`) so they cannot
+drift apart from training: the folder's image/mask pairs sorted by name (COCO: the images with a
+person, sorted by file name), index % 10 == 9 is val, index % 10 == 4 holdout. Images without a mask
+belong to no split there; here they are skipped under a split and reported as errors under "all".
+
+Person-free folders (every mask of the split empty, e.g. negatives/): IoU is undefined there, so
+their iou, dice, precision, recall, boundary_f and mean_image_iou are NaN (null in metrics.json) and
+they report `fp_share` (pixels called person / valid pixels, summed over the folder) and `over_5pct`
+(photos with more than 5% of their pixels called person) instead.
 
 Outputs in --out: metrics.json (dataset metrics from summed pixel counts, overall and per folder),
 per_image.csv, report.html with report_files/ (metrics table, precision-recall curve, the worst images
@@ -28,6 +36,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -40,8 +49,9 @@ from personseg.metrics import BinaryMetrics, per_image_stats, precision_recall_c
 from personseg.predict import KEEP
 
 IGNORE = 128  # mask value for pixels that count neither way
-SPLITS = ("val", "train", "all")
-CSV_COLUMNS = ["folder", "file", "iou", "dice", "precision", "recall", "ms"]
+SPLITS = ("val", "holdout", "train", "all")
+CSV_COLUMNS = ["folder", "file", "iou", "dice", "precision", "recall", "ms", "person_share"]
+OVER_SHARE = 0.05  # a person-free photo with more than this share of pixels called person counts in over_5pct
 
 # Error map colours (RGB) over the dimmed photo; correct person pixels keep the photo's brightness.
 FALSE_POSITIVE = (235, 40, 40)  # red: predicted person, is background
@@ -67,11 +77,54 @@ def list_pairs(folder: str | Path, split: str = "val", limit: int | None = None)
                                     "(personseg data check tells what is wrong with one)")
     images = list_images(folder / "images")
     masks = {p.stem: p for p in list_images(folder / "masks")}
-    if split in ("val", "train"):
+    if split != "all":
         pairs = split_items([(p, masks[p.stem]) for p in images if p.stem in masks], split)
     else:
         pairs = [(p, masks.get(p.stem)) for p in images]
     return pairs[:limit] if limit else pairs
+
+
+def folder_kind(folder: str | Path) -> str:
+    """"masks" for images/ + masks/, "coco" for images/ + annotations.json without masks/."""
+    folder = Path(folder)
+    if not (folder / "images").is_dir():
+        raise FileNotFoundError(f"{folder}: no images/ folder; a data folder holds images/ and masks/ "
+                                "(or images/ and a COCO annotations.json)")
+    if (folder / "masks").is_dir():
+        return "masks"
+    if (folder / "annotations.json").is_file():
+        return "coco"
+    raise FileNotFoundError(f"{folder}: no masks/ folder and no annotations.json; a data folder holds images/ "
+                            "and masks/ (or images/ and a COCO annotations.json)")
+
+
+def list_items(folder: str | Path, split: str = "val", limit: int | None = None) -> list[tuple[Path, object]]:
+    """(image, truth) of `folder` in `split`, in the training loader's order, at most `limit`: truth((H, W))
+    returns the (H, W) uint8 mask (0 / 255 / IGNORE) at that size and whether it was resized; None
+    for an image without a mask (under "all")."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
+    if folder_kind(folder) == "masks":
+        return [(image, None if mask is None else partial(read_mask, mask))
+                for image, mask in list_pairs(folder, split, limit)]
+    from personseg.data import CocoPersons
+
+    folder = Path(folder)
+    # The training source itself, so images, order, split and crowd handling are the training loader's;
+    # under "all" val_every=1 makes every index validation, i.e. every image.
+    coco = CocoPersons(folder / "images", folder / "annotations.json", split if split != "all" else "val",
+                       limit=limit or 0, **({"val_every": 1} if split == "all" else {}))
+    return [(folder / "images" / coco.coco.imgs[i]["file_name"], partial(_coco_truth, coco, k))
+            for k, i in enumerate(coco.ids)]
+
+
+def _coco_truth(coco, k: int, size: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """Sample k of a `CocoPersons` as a mask: 255 person, IGNORE crowd-only, 0 background."""
+    raw = coco.load(k, 0)  # no augmentation: load() is the raw image, mask and valid
+    mask = np.where(raw["valid"] == 0, IGNORE, raw["mask"] * 255).astype(np.uint8)
+    if mask.shape == tuple(size):
+        return mask, False
+    return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT), True
 
 
 def read_mask(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, bool]:
@@ -126,12 +179,21 @@ def _summary(metrics: BinaryMetrics, rows: list[dict], errors: int, resized: int
         "mean_image_iou": float(np.mean([r["iou"] for r in rows])) if rows else float("nan"),
         "ms_per_image": float(np.mean([r["ms"] for r in rows])) if rows else float("nan"),
     })
+    counts = {k: int(v) for k, v in metrics.counts().items() if v.dim() == 0}
+    if rows and counts["tp"] + counts["fn"] == 0:  # no person anywhere: IoU is undefined, count false alarms
+        out.update({k: float("nan") for k in ("iou", "dice", "precision", "recall", "boundary_f", "mean_image_iou")})
+        out.update({"person_free": True, "fp_share": _ratio_or_nan(counts["fp"], counts["fp"] + counts["tn"]),
+                    "over_5pct": sum(r["person_share"] > OVER_SHARE for r in rows)})
     return out
+
+
+def _ratio_or_nan(num: int, den: int) -> float:
+    return num / den if den else float("nan")
 
 
 def evaluate_folders(predictor, folders, split: str = "val", limit: int | None = None, *,
                      threshold: float | None = None, worst: int = 0, progress: bool = False) -> dict:
-    """Predict every image of `folders` (each with images/ + masks/) in `split` and score it.
+    """Predict every image of `folders` (images/ + masks/, or COCO: `list_items`) in `split` and score it.
 
     `predictor` needs `.predict(rgb) -> (H, W) alpha` and `.threshold` (overridden by `threshold`).
     `limit` caps the images per folder. Unreadable images or masks and images without a mask are
@@ -140,28 +202,30 @@ def evaluate_folders(predictor, folders, split: str = "val", limit: int | None =
      "errors": [{"folder", "file", "error"}], "pr_curve": {"threshold", "precision", "recall"},
      "worst": [{"folder", "file", "iou", "panel": (h, w, 3) uint8}], "split", "threshold"}.
     Metric dicts hold iou, dice, accuracy, precision, recall, auroc, boundary_f (from pixel counts
-    summed over the images), images, errors, masks_resized, mean_image_iou and ms_per_image.
+    summed over the images), images, errors, masks_resized, mean_image_iou and ms_per_image; a
+    person-free folder's (no person pixel in any mask) also person_free, fp_share and over_5pct, with
+    the IoU family NaN (module doc). Rows hold person_share, the image's share of valid pixels called person.
     `worst` keeps that many lowest-IoU images, with their panels (`make_panel`).
     """
     from tqdm import tqdm
 
     threshold = float(predictor.threshold if threshold is None else threshold)
     folders = [Path(f) for f in folders]
-    plan = [(name, list_pairs(folder, split, limit)) for folder, name in zip(folders, _folder_names(folders))]
-    total = sum(len(pairs) for _, pairs in plan)
+    plan = [(name, list_items(folder, split, limit)) for folder, name in zip(folders, _folder_names(folders))]
+    total = sum(len(items) for _, items in plan)
     bar = tqdm(total=total, unit="image", file=sys.stderr, disable=not progress or not sys.stderr.isatty())
     overall = BinaryMetrics(threshold)
     per_folder, rows, errors, warmed = {}, [], [], False
     heap: list[tuple] = []  # (-iou, order, folder, file, panel): the root is the best of the worst kept
-    for name, pairs in plan:
+    for name, items in plan:
         metrics, folder_rows, folder_errors, resized = BinaryMetrics(threshold), [], 0, 0
-        for image_path, mask_path in pairs:
+        for image_path, truth in items:
             bar.update()
             try:
                 rgb = read_image(image_path)
-                if mask_path is None:
+                if truth is None:
                     raise ImageReadError(image_path, "no mask with this name in masks/")
-                mask, was_resized = read_mask(mask_path, rgb.shape[:2])
+                mask, was_resized = truth(rgb.shape[:2])
             except ImageReadError as e:
                 errors.append({"folder": name, "file": image_path.name, "error": str(e)})
                 folder_errors += 1
@@ -182,7 +246,8 @@ def evaluate_folders(predictor, folders, split: str = "val", limit: int | None =
             valid = torch.from_numpy(mask != IGNORE)[None]
             metrics.update(prob, gt, valid)
             stats = per_image_stats(prob, gt, valid, threshold)[0]
-            row = {"folder": name, "file": image_path.name, **stats, "ms": ms}
+            called = float(((prob >= threshold) & valid).sum()) / max(1, int(valid.sum()))
+            row = {"folder": name, "file": image_path.name, **stats, "ms": ms, "person_share": called}
             folder_rows.append(row)
             if worst > 0 and (len(heap) < worst or -heap[0][0] > stats["iou"]):
                 panel = make_panel(rgb, alpha >= threshold, gt[0].numpy(), valid[0].numpy())
@@ -275,6 +340,7 @@ def _pr_plot(result: dict) -> np.ndarray:
 HTML_COLUMNS = [("images", "images"), ("errors", "errors"), ("iou", "IoU"), ("dice", "Dice"),
                 ("precision", "precision"), ("recall", "recall"), ("boundary_f", "boundary F"),
                 ("auroc", "AUROC"), ("accuracy", "accuracy"), ("mean_image_iou", "mean image IoU"),
+                ("fp_share", "share called person (person-free)"), ("over_5pct", "photos over 5% (person-free)"),
                 ("ms_per_image", "ms / image")]
 
 
@@ -289,7 +355,7 @@ def report_html(result: dict, checkpoint: dict, worst_files: list[str], pr_file:
     e = html.escape
     table_rows = [("all folders", result["overall"])] + list(result["per_folder"].items())
     head = "".join(f"<th>{e(label)}</th>" for _, label in HTML_COLUMNS)
-    body = "".join(f"<tr><th>{e(name)}</th>" + "".join(f"<td>{_cell(m[k])}</td>" for k, _ in HTML_COLUMNS)
+    body = "".join(f"<tr><th>{e(name)}</th>" + "".join(f"<td>{_cell(m.get(k, math.nan))}</td>" for k, _ in HTML_COLUMNS)
                    + "</tr>" for name, m in table_rows)
     worst = "".join(
         f"<tr><td>{i}</td><td>{e(w['folder'])}/{e(w['file'])}</td><td>{w['iou']:.4f}</td>"
@@ -312,7 +378,9 @@ th:first-child, td:nth-child(2) {{ text-align: left; }}
 split <b>{e(result['split'])}</b>, threshold {result['threshold']:g}, {stamp}</p>
 <h2>Metrics</h2>
 <p>IoU, Dice, precision, recall, boundary F and AUROC come from pixel counts summed over each folder's
-images (dataset metrics); mean image IoU averages the per-image IoUs. Source resolution.</p>
+images (dataset metrics); mean image IoU averages the per-image IoUs. Source resolution. Folders with no
+person (every mask empty) have no IoU: they report the share of their pixels called person and the photos
+with more than {OVER_SHARE:.0%} of their pixels called person.</p>
 <table><tr><th>folder</th>{head}</tr>{body}</table>
 {f"<h2>Unreadable images ({len(result['errors'])})</h2><ul>{errors}</ul>" if errors else ""}
 <h2>Precision-recall</h2>
@@ -365,12 +433,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "named on stderr, counted in metrics.json); 2 bad arguments, no data, or the model "
                      "could not be loaded.")
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a shipped model name")
-    parser.add_argument("data", nargs="+", metavar="DATA", help="data folders, each with images/ and masks/")
+    parser.add_argument("data", nargs="+", metavar="DATA",
+                        help="data folders, each with images/ and masks/, or images/ and a COCO annotations.json")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder for metrics.json, per_image.csv, report.html and report_files/")
     parser.add_argument("--split", choices=SPLITS, default="val",
-                        help="val: the training loop's validation split (every 10th image/mask pair sorted "
-                             "by name); train: the other pairs; all: every image (default: val)")
+                        help="val: the training loop's validation split (image/mask pairs sorted by name, "
+                             "index %% 10 == 9); holdout: the held-back split (index %% 10 == 4) for final "
+                             "figures only; train: the other pairs; all: every image (default: val)")
     parser.add_argument("--limit", type=nonnegative_int, default=0, metavar="N",
                         help="score at most N images per folder (default: 0 = all)")
     parser.add_argument("--threshold", type=threshold, metavar="T",
@@ -387,6 +457,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to run the model (default: auto, cuda when available)")
 
 
+def folder_table(result: dict) -> str:
+    """The per-folder metrics as a text table; person-free folders show their false-alarm figures."""
+    lines = [f"{'folder':<16} {'images':>6} {'IoU':>7} {'Dice':>7} {'precision':>9} {'recall':>7} {'ms/image':>8}"]
+    for name, m in [*result["per_folder"].items(), ("all folders", result["overall"])]:
+        if m.get("person_free"):
+            lines.append(f"{name:<16} {m['images']:>6} person-free: {m['fp_share']:.2%} of pixels called person, "
+                         f"{m['over_5pct']} of {m['images']} photos over {OVER_SHARE:.0%}; {m['ms_per_image']:.1f} ms/image")
+        else:
+            lines.append(f"{name:<16} {m['images']:>6} {m['iou']:>7.4f} {m['dice']:>7.4f} {m['precision']:>9.4f} "
+                         f"{m['recall']:>7.4f} {m['ms_per_image']:>8.1f}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     import personseg
 
@@ -395,9 +478,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     for folder in args.data:
-        for sub in ("images", "masks"):
-            if not (Path(folder) / sub).is_dir():
-                return usage_error(f"{folder}: no {sub}/ folder; each DATA folder holds images/ and masks/")
+        try:
+            folder_kind(folder)
+        except FileNotFoundError as e:
+            return usage_error(str(e))
     try:
         predictor = personseg.load(args.checkpoint, device=args.device, refine=not args.no_refine, tta=args.tta,
                                    keep=args.keep)
@@ -416,7 +500,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     overall = result["overall"]
-    folders = ", ".join(f"{name} {m['iou']:.4f}" for name, m in result["per_folder"].items())
+    print(folder_table(result), file=sys.stderr)
+    folders = ", ".join(f"{name} {m['iou']:.4f}" for name, m in result["per_folder"].items()
+                        if not m.get("person_free"))
     print(f"IoU {overall['iou']:.4f} on {overall['images']} images ({folders}); "
           f"report: {Path(args.out) / 'report.html'}", file=sys.stderr)
     if result["errors"]:

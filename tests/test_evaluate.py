@@ -8,8 +8,10 @@ import shutil
 import numpy as np
 from PIL import Image
 
+import pytest
+
 from personseg.cli import main
-from personseg.evaluate import evaluate_folders, list_pairs
+from personseg.evaluate import evaluate_folders, folder_table, list_items, list_pairs, write_outputs
 from personseg.imageio import read_image
 
 
@@ -67,7 +69,8 @@ def test_eval_cli_writes_metrics_csv_and_report(data_dir, tiny_checkpoint, tmp_p
 
     with open(out / "per_image.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and list(rows[0]) == ["folder", "file", "iou", "dice", "precision", "recall", "ms"]
+    assert len(rows) == 6 and list(rows[0]) == ["folder", "file", "iou", "dice", "precision", "recall", "ms",
+                                                "person_share"]
     assert [r["file"] for r in rows if r["folder"] == "portraits"] == \
         [p.name for p, _ in list_pairs(data_dir / "portraits", "val", 3)]
 
@@ -148,3 +151,121 @@ def test_eval_cli_usage_errors(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "masks").mkdir()
     assert main(["eval", str(tmp_path / "missing.pt"), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "cannot load the model" in capsys.readouterr().err
+
+
+def test_holdout_split_lists_the_held_back_files(tmp_path):
+    folder = tmp_path / "d"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for i in range(25):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / "images" / f"{i:03d}.png")
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(folder / "masks" / f"{i:03d}.png")
+    names = {split: [p.stem for p, _ in list_pairs(folder, split)] for split in ("val", "holdout", "train")}
+    assert names["holdout"] == ["004", "014", "024"] and names["val"] == ["009", "019"]
+    assert len(names["train"]) == 20 and not set(names["train"]) & (set(names["holdout"]) | set(names["val"]))
+    result = evaluate_folders(SharePredictor(), [folder], split="holdout")
+    assert [r["file"] for r in result["per_image"]] == ["004.png", "014.png", "024.png"]
+    assert result["split"] == "holdout"
+
+
+class SharePredictor:
+    """A stand-in model for person-free photos: calls person the top k rows of an image whose pixels
+    all hold the value k."""
+
+    threshold = 0.5
+
+    def predict(self, rgb):
+        alpha = np.zeros(rgb.shape[:2], np.float32)
+        alpha[: int(rgb[0, 0, 0])] = 1.0
+        return alpha
+
+
+def test_person_free_folder_reports_false_alarms(tmp_path):
+    folder = tmp_path / "negatives"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    # 20 x 10 photos (200 pixels) with 0, 1 and 4 rows called person: 0%, 5% (not over 5%) and 20%
+    for i, rows in enumerate((0, 1, 4)):
+        Image.fromarray(np.full((20, 10, 3), rows, np.uint8)).save(folder / "images" / f"{i}.png")
+        Image.fromarray(np.zeros((20, 10), np.uint8)).save(folder / "masks" / f"{i}.png")
+    result = evaluate_folders(SharePredictor(), [folder], split="all")
+    m = result["per_folder"]["negatives"]
+    assert m["person_free"] and m["images"] == 3
+    assert m["fp_share"] == pytest.approx(50 / 600, abs=1e-12)  # (0 + 10 + 40) of 3 x 200 pixels
+    assert m["over_5pct"] == 1
+    assert all(math.isnan(m[k]) for k in ("iou", "dice", "precision", "recall", "mean_image_iou"))
+    assert [r["person_share"] for r in result["per_image"]] == [0.0, 0.05, 0.2]
+    assert "person-free: 8.33% of pixels called person, 1 of 3 photos over 5%" in folder_table(result)
+
+    write_outputs(tmp_path / "out", result, {"path": "stand-in"})
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())["per_folder"]["negatives"]
+    assert saved["fp_share"] == pytest.approx(50 / 600) and saved["over_5pct"] == 1 and saved["iou"] is None
+    assert "photos over 5%" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_folder_with_a_person_is_not_person_free(tmp_path):
+    folder = tmp_path / "d"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    mask = np.zeros((20, 10), np.uint8)
+    mask[:2] = 255  # the two rows the stand-in calls person
+    Image.fromarray(np.full((20, 10, 3), 2, np.uint8)).save(folder / "images" / "0.png")
+    Image.fromarray(mask).save(folder / "masks" / "0.png")
+    m = evaluate_folders(SharePredictor(), [folder], split="all")["per_folder"]["d"]
+    assert m["iou"] == 1.0 and "person_free" not in m and "fp_share" not in m
+
+
+def write_coco_folder(tmp_path):
+    """write_coco's two images as a data folder: images/ + annotations.json, no masks/."""
+    from test_data import write_coco
+
+    root = write_coco(tmp_path)
+    (root / "instances.json").rename(root / "annotations.json")
+    return root
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on numpy 2
+def test_coco_folder_scores_the_union_of_persons_with_crowd_ignored(tmp_path):
+    from pycocotools import mask as mask_utils
+
+    root = write_coco_folder(tmp_path)
+    h, w = 60, 80
+    person_a = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([[10, 10, 50, 10, 50, 50, 10, 50]], h, w)))
+    person_b = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([[0, 0, 10, 0, 10, 10, 0, 10]], h, w)))
+    crowd_only = np.zeros((h, w), bool)
+    crowd_only[30:60, 40:80] = True
+    crowd_only &= person_a == 0
+    assert [p.name for p, _ in list_items(root, "all")] == ["a.jpg", "b.jpg"] and list_items(root, "val") == []
+
+    class Fixed:
+        """Predicts a fixed alpha per image (told apart by file order: a, then b)."""
+        threshold = 0.5
+
+        def __init__(self, a, b):
+            self.alphas = [a.astype(np.float32), b.astype(np.float32)]
+            self.calls = 0
+
+        def predict(self, rgb):
+            self.calls += 1
+            return self.alphas[0 if self.calls <= 2 else 1]  # the first call is the warm-up, on image a
+
+    # the persons exactly, with the crowd called person or not: the crowd is ignored either way
+    for a in (person_a.astype(bool), person_a.astype(bool) | crowd_only):
+        m = evaluate_folders(Fixed(a, person_b), [root], split="all")["overall"]
+        assert m["iou"] == 1.0 and m["images"] == 2
+    # the dog of image b is background; everything called person: IoU = person pixels / valid pixels
+    m = evaluate_folders(Fixed(np.ones((h, w)), np.ones((h, w))), [root], split="all")["overall"]
+    persons = int(person_a.sum() + person_b.sum())
+    assert m["iou"] == pytest.approx(persons / (2 * h * w - crowd_only.sum()), abs=1e-12)
+    assert persons / (2 * h * w) != pytest.approx(m["iou"], abs=1e-3)  # counting the crowd would show
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_eval_cli_takes_a_coco_folder(tiny_checkpoint, tmp_path):
+    (tmp_path / "coco").mkdir()
+    root = write_coco_folder(tmp_path / "coco")
+    out = tmp_path / "eval"
+    assert main(["eval", str(tiny_checkpoint), str(root), "--split", "all", "--out", str(out),
+                 "--device", "cpu", "--no-refine", "--worst", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["per_folder"]["coco"]["images"] == 2
