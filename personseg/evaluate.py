@@ -463,7 +463,8 @@ def folder_table(result: dict) -> str:
     for name, m in [*result["per_folder"].items(), ("all folders", result["overall"])]:
         if m.get("person_free"):
             lines.append(f"{name:<16} {m['images']:>6} person-free: {m['fp_share']:.2%} of pixels called person, "
-                         f"{m['over_5pct']} of {m['images']} photos over {OVER_SHARE:.0%}; {m['ms_per_image']:.1f} ms/image")
+                         f"{m['over_5pct']} of {m['images']} photos over {OVER_SHARE:.0%}; "
+                         f"{m['ms_per_image']:.1f} ms/image")
         else:
             lines.append(f"{name:<16} {m['images']:>6} {m['iou']:>7.4f} {m['dice']:>7.4f} {m['precision']:>9.4f} "
                          f"{m['recall']:>7.4f} {m['ms_per_image']:>8.1f}")

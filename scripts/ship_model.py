@@ -3,11 +3,15 @@
     python scripts/ship_model.py runs/accurate/best.pt --name accurate
 
 Writes personseg/weights/NAME.pt (fp16 weights, the checkpoint's description and training metadata), then
-scores THAT file with the full predictor (guided-filter refinement on, source resolution) on the fixed
-validation split of portraits/, ccp/ and hsd/ and on a generated set of several small people (validation
+scores THAT file with the full predictor (guided-filter refinement on, source resolution) on every folder of
+FOLDERS, on the validation split (card[folder]) and on the held-back split (card["holdout"][folder], the
+final figures: nothing else here looks at it), and on a generated set of several small people (validation
 cut-outs on validation backgrounds, `personseg.data.write_composite_folder`), measures speed, stores the
-figures in the checkpoint's meta["card"] (tests/test_shipped_models.py checks them) and prints the
-model-card tables.
+figures in the checkpoint's meta["card"] (tests/test_shipped_models.py checks the validation ones) and
+prints the model-card tables. Person-free folders (negatives/) have no IoU: their figures are fp_share
+(share of pixels called person) and over_5pct (photos with more than 5% called person).
+
+--calibrate picks the threshold on the validation split (never the held-back one).
 """
 from __future__ import annotations
 
@@ -24,19 +28,29 @@ import torch
 import personseg
 from personseg.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from personseg.data import list_images, split_items, write_composite_folder
-from personseg.evaluate import evaluate_folders, list_pairs, read_mask
+from personseg.evaluate import IGNORE, evaluate_folders, list_items
 from personseg.imageio import read_image
 from personseg.predict import WEIGHTS_DIR
 
-FOLDERS = ("portraits", "ccp", "hsd")
+FOLDERS = ("portraits", "ccp", "hsd", "coco", "negatives", "pennfudan")
 METRICS = ("iou", "dice", "precision", "recall", "auroc", "boundary_f")
+PERSON_FREE = ("fp_share", "over_5pct")
+
+
+def figures(m: dict) -> dict:
+    """The card's figures of one folder: METRICS, or fp_share and over_5pct where there is no person."""
+    keys = (*PERSON_FREE, "person_free") if m.get("person_free") else METRICS
+    return {**{k: m[k] for k in keys}, "images": m["images"]}
 
 
 def score(predictor, data_root: Path) -> dict:
-    """Per-folder metrics on the validation split, plus the several-small-people set."""
+    """Per-folder figures on the validation split and on the held-back split, plus the several-small-people set."""
     result = evaluate_folders(predictor, [data_root / f for f in FOLDERS], split="val")
-    card = {name: {k: m[k] for k in (*METRICS, "images")} for name, m in result["per_folder"].items()}
+    card = {name: figures(m) for name, m in result["per_folder"].items()}
     card["pooled_real"] = {k: result["overall"][k] for k in METRICS}
+    held = evaluate_folders(predictor, [data_root / f for f in FOLDERS], split="holdout")
+    card["holdout"] = {name: figures(m) for name, m in held["per_folder"].items()}
+    card["holdout"]["pooled_real"] = {k: held["overall"][k] for k in METRICS}
     with tempfile.TemporaryDirectory() as tmp:
         people = write_composite_folder(data_root, Path(tmp) / "people")
         m = evaluate_folders(predictor, [people], split="all")["overall"]
@@ -59,19 +73,20 @@ def person_free(predictor, data_root: Path) -> dict:
     return {**result, **{name: share(getattr(data, name)()) for name in ("chelsea", "coffee", "rocket")}}
 
 
-def calibrate_threshold(predictor, data_root: Path, per_folder: int = 40) -> tuple[float, dict]:
-    """The threshold with the best pooled IoU on TRAINING images (spread over each folder's training
-    split; the validation split is never looked at). Returns it and IoU per candidate."""
+def calibrate_threshold(predictor, data_root: Path) -> tuple[float, dict]:
+    """The threshold with the best IoU pooled over the VALIDATION images of every folder of FOLDERS (the
+    held-back split is never looked at; in a person-free folder every pixel called person adds to the
+    union). Returns it and IoU per candidate."""
     candidates = np.round(np.arange(0.3, 0.91, 0.05), 2)
     inter, union = np.zeros(len(candidates)), np.zeros(len(candidates))
     for folder in FOLDERS:
-        pairs = list_pairs(data_root / folder, "train")
-        for image_path, mask_path in pairs[::max(1, len(pairs) // per_folder)][:per_folder]:
+        for image_path, truth_of in list_items(data_root / folder, "val"):
             rgb = read_image(image_path)
-            truth = read_mask(mask_path, rgb.shape[:2])[0] > 127
+            mask = truth_of(rgb.shape[:2])[0]
+            truth, valid = mask > IGNORE, mask != IGNORE
             alpha = predictor.predict(rgb)
             for j, t in enumerate(candidates):
-                pred = alpha >= t
+                pred = (alpha >= t) & valid
                 inter[j] += (pred & truth).sum()
                 union[j] += (pred | truth).sum()
     ious = inter / union
@@ -120,7 +135,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PERSONSEG_DATA", "../shared/data"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibrate", action="store_true",
-                        help="pick the threshold with the best IoU on training images (not validation)")
+                        help="pick the threshold with the best pooled IoU on the validation split (never holdout)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("W", "H"),
                         help="ship with another pixel budget than the training run's (a speed preset)")
     parser.add_argument("--tta", action="store_true",
@@ -142,13 +157,14 @@ def main() -> None:
     save_checkpoint(target, model, meta=meta, **fields)
     if args.calibrate:
         fields["threshold"], meta["threshold_calibration"] = calibrate_threshold(personseg.load(args.name), Path(args.data))
-        print(f"threshold {fields['threshold']} (pooled IoU on training images per candidate: "
+        print(f"threshold {fields['threshold']} (pooled IoU on the validation images per candidate: "
               f"{meta['threshold_calibration']})")
         save_checkpoint(target, model, meta=meta, **fields)
     shipped = personseg.load(args.name)  # score the fp16 file users get, not the run's fp32 weights
     meta["card"] = score(shipped, Path(args.data))
     shipped.refine = False  # the same model upsampled bilinearly: what the guided filter buys
-    plain = evaluate_folders(shipped, [Path(args.data) / f for f in FOLDERS], split="val")["per_folder"]
+    plain = evaluate_folders(shipped, [Path(args.data) / f for f in FOLDERS if f != "negatives"],
+                             split="val")["per_folder"]
     meta["card"]["bilinear"] = {name: {k: m[k] for k in ("iou", "boundary_f")} for name, m in plain.items()}
     shipped.refine = True
     meta["card"]["speed"] = speed(shipped, args.threads)
@@ -158,14 +174,18 @@ def main() -> None:
 
     card = meta["card"]
     print(f"{target} ({target.stat().st_size / 1e6:.1f} MB)")
-    print("| set | images | IoU | Dice | precision | recall | AUROC | boundary F |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in (*FOLDERS, "people"):
-        m = card[name]
-        print(f"| {name} | {m['images']} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
+    print("| set | split | images | IoU | Dice | precision | recall | AUROC | boundary F |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    splits = (("val", card), ("holdout", card["holdout"]))
+    for name, split, m in [(n, s, c[n]) for n in (*FOLDERS, "people") for s, c in splits if n in c]:
+        if m.get("person_free"):
+            print(f"| {name} | {split} | {m['images']} | person-free: {m['fp_share']:.2%} of pixels called person, "
+                  f"{m['over_5pct']} photos over 5% |")
+        else:
+            print(f"| {name} | {split} | {m['images']} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |")
     print("| set | IoU guided filter | IoU bilinear | boundary F guided filter | boundary F bilinear |")
     print("|---|---|---|---|---|")
-    for name in FOLDERS:
+    for name in card["bilinear"]:
         g, b = card[name], card["bilinear"][name]
         print(f"| {name} | {g['iou']:.4f} | {b['iou']:.4f} | {g['boundary_f']:.4f} | {b['boundary_f']:.4f} |")
     print(f"share of pixels called person where there is no one: {card['person_free']}")
