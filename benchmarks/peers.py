@@ -191,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     models = {name: open_model(name, args.threads, args.venv) for name in names}
+    threads = f"{args.threads} thread{'s' * (args.threads != 1)}"
     try:
         print(f"# benchmarks/peers.py, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, split {args.split}"
               f"{f', at most {args.limit} images per folder' if args.limit else ''}")
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
-              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start; {args.threads} threads per model")
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start; {threads} per model")
         for name, model in models.items():
             print(f"- {describe(name, model)}")
         print("\n| folder | images | model | IoU | Dice | precision | recall | ms / image |")
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.speed_runs:
             photos = speed_photos(data, [f for f in ("portraits", "coco", "pennfudan") if f in folders] or folders)
             print(f"\nEnd-to-end ms per photo (median of {args.speed_runs} calls after 2 warm-up calls; "
-                  f"{len(photos)} real photos resized to each size), {args.threads} threads\n")
+                  f"{len(photos)} real photos resized to each size), {threads}\n")
             print("| model | " + " | ".join(f"{w}x{h}" for w, h in SIZES) + " |")
             print("|---|" + "---:|" * len(SIZES))
             for name, model in models.items():
