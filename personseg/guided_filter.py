@@ -1,139 +1,26 @@
-"""Guided filter for edge-aware mask refinement.
+"""Guided filter for edge-aware mask refinement, in numpy and OpenCV (no torch): what inference runs.
 
-He, Sun, Tang, "Guided Image Filtering" (ECCV 2010 / TPAMI 2013), Algorithm 1, and the fast
-guided filter of He & Sun, "Fast Guided Filter" (arXiv 2015): the linear coefficients (A, b) are
-computed at low resolution and only their upsampled versions touch the high-resolution guide.
-Everything is plain torch, so it is differentiable and can be trained (`GuidedFilterRefiner`).
+He, Sun, Tang, "Guided Image Filtering" (ECCV 2010 / TPAMI 2013), Algorithm 1 with the colour guide,
+in the fast variant of He & Sun, "Fast Guided Filter" (arXiv 2015): the linear coefficients (A, b) are
+solved at the model's resolution and only their bilinear upsampling touches the full-resolution photo.
+The differentiable torch version (training, `GuidedFilterRefiner`) is `personseg.guided_filter_torch`;
+this one gives the same alpha within 1e-3 (tests/test_guided_filter.py) in a few milliseconds.
 """
+from __future__ import annotations
 
-import math
-
+import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+
+_TORCH_NAMES = ("box_filter", "guided_filter", "fast_guided_filter", "GuidedFilterRefiner")
 
 
-def box_filter(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean over the (2r+1)x(2r+1) window, windows clipped at the borders.
+def __getattr__(name: str):
+    """The torch functions still import from here (`from personseg.guided_filter import box_filter`)."""
+    if name in _TORCH_NAMES:
+        from personseg import guided_filter_torch
 
-    (B, C, H, W) -> (B, C, H, W). Like He's reference code the sum is divided by the number of
-    pixels really in the window (N = box(ones)), so borders are not darkened. O(1) per pixel in r:
-    separable cumulative sums. The per-channel mean is subtracted first so the float32 running
-    sums stay small (without it the error grows to ~1e-5 on 1080p).
-    """
-    H, W = x.shape[-2:]
-    mean = x.mean((-2, -1), keepdim=True)
-    y = x - mean
-    # Pad r+1 zeros before and r after: out[i] = c[i + 2r + 1] - c[i] is the clipped window sum.
-    y = F.pad(y, (0, 0, r + 1, r)).cumsum(-2)
-    y = y[..., 2 * r + 1:, :] - y[..., :H, :]
-    y = F.pad(y, (r + 1, r)).cumsum(-1)
-    y = y[..., 2 * r + 1:] - y[..., :W]
-    return y / (_window_count(H, r, x)[:, None] * _window_count(W, r, x)) + mean
-
-
-def _window_count(n: int, r: int, like: torch.Tensor) -> torch.Tensor:
-    """Number of pixels of a length-n axis inside each clipped window: (n,)."""
-    i = torch.arange(n, dtype=like.dtype, device=like.device)
-    return (i + r).clamp(max=n - 1) - (i - r).clamp(min=0) + 1
-
-
-def _coefficients(guide: torch.Tensor, src: torch.Tensor, r: int, eps) -> tuple[torch.Tensor, torch.Tensor]:
-    """Box-averaged linear coefficients of Algorithm 1 (steps 1-4).
-
-    guide (B, C, h, w) with C in {1, 3}, src (B, 1, h, w) -> mean_A (B, C, h, w), mean_b (B, 1, h, w),
-    such that q = sum_c mean_A[:, c] * I[:, c] + mean_b.
-    """
-    if guide.shape[0] != src.shape[0] or guide.shape[-2:] != src.shape[-2:] or src.shape[1] != 1:
-        raise ValueError(f"guide {tuple(guide.shape)} and src {tuple(src.shape)} must be (B, C, h, w) "
-                         "and (B, 1, h, w) with the same B, h, w; resize one of them first")
-    # The filter commutes with shifting I and p, so center them: float32 then loses far less to the
-    # cancellation in E[Ip] - E[I]E[p] (a constant src stays exactly constant, not ~6e-5 off).
-    center_I, center_p = guide.mean((-2, -1), keepdim=True), src.mean((-2, -1), keepdim=True)
-    guide, src = guide - center_I, src - center_p
-    C = guide.shape[1]
-    if C == 1:
-        m = box_filter(torch.cat([guide, src, guide * src, guide * guide], 1), r)
-        mean_I, mean_p, corr_Ip, corr_II = m.split(1, 1)
-        A = (corr_Ip - mean_I * mean_p) / ((corr_II - mean_I * mean_I).clamp(min=0) + eps)
-    elif C == 3:
-        pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]  # upper triangle of Sigma
-        prods = torch.stack([guide[:, i] * guide[:, j] for i, j in pairs], 1)
-        m = box_filter(torch.cat([guide, src, guide * src, prods], 1), r)
-        mean_I, mean_p, corr_Ip, corr_II = m.split([3, 1, 3, 6], 1)
-        cov_Ip = corr_Ip - mean_I * mean_p
-        sigma = corr_II - torch.stack([mean_I[:, i] * mean_I[:, j] for i, j in pairs], 1)
-        s00, s01, s02, s11, s12, s22 = sigma.unbind(1)
-        # Solve (Sigma + eps U) a = cov_Ip per pixel by a closed-form LDL^T factorization: ~10x
-        # faster on CPU than torch.linalg.solve on (B, h, w, 3, 3), and, unlike the adjugate whose
-        # determinant cancels, stable in float32 when Sigma is near rank 1 (gray photos, small eps).
-        # Each pivot is a Schur complement of a matrix with eigenvalues >= eps, so clamping at eps
-        # only removes rounding noise.
-        d0 = (s00 + eps).clamp(min=eps)
-        l10, l20 = s01 / d0, s02 / d0
-        d1 = (s11 + eps - l10 * s01).clamp(min=eps)
-        l21 = (s12 - l20 * s01) / d1
-        d2 = (s22 + eps - l20 * s02 - l21 * l21 * d1).clamp(min=eps)
-        c0, c1, c2 = cov_Ip.unbind(1)
-        y1 = c1 - l10 * c0
-        a2 = (c2 - l20 * c0 - l21 * y1) / d2
-        a1 = y1 / d1 - l21 * a2
-        a0 = c0 / d0 - l10 * a1 - l20 * a2
-        A = torch.stack([a0, a1, a2], 1)
-    else:
-        raise ValueError(f"guide must have 1 or 3 channels, got {C}; convert it to gray or RGB")
-    b = mean_p - (A * mean_I).sum(1, keepdim=True)
-    mean_A, mean_b = box_filter(torch.cat([A, b], 1), r).split([C, 1], 1)
-    return mean_A, mean_b + center_p - (mean_A * center_I).sum(1, keepdim=True)
-
-
-def guided_filter(guide: torch.Tensor, src: torch.Tensor, r: int, eps) -> torch.Tensor:
-    """Guided filter: guide (B, 1|3, H, W), src (B, 1, H, W) -> (B, 1, H, W).
-
-    Gray guide: scalar a per window. RGB guide: the color guided filter, a = (Sigma + eps U)^-1 cov(I, p).
-    eps is a float or a scalar tensor (differentiable); the guide is expected in [0, 1].
-    """
-    mean_A, mean_b = _coefficients(guide, src, r, eps)
-    return (mean_A * guide).sum(1, keepdim=True) + mean_b
-
-
-def fast_guided_filter(guide_hr: torch.Tensor, src_lr: torch.Tensor, r: int, eps,
-                       guide_lr: torch.Tensor | None = None) -> torch.Tensor:
-    """Fast guided filter: guide_hr (B, 1|3, H, W), src_lr (B, 1, h, w) -> (B, 1, H, W).
-
-    A and b are solved at (h, w) with radius r in low-resolution pixels, upsampled bilinearly to
-    (H, W) and applied to the full-resolution guide. guide_lr defaults to guide_hr area-downsampled.
-    """
-    if guide_lr is None:
-        guide_lr = F.interpolate(guide_hr, size=src_lr.shape[-2:], mode="area")
-    mean_A, mean_b = _coefficients(guide_lr, src_lr, r, eps)
-    up = F.interpolate(torch.cat([mean_A, mean_b], 1), size=guide_hr.shape[-2:],
-                       mode="bilinear", align_corners=False)
-    A, b = up.split([guide_hr.shape[1], 1], 1)
-    return (A * guide_hr).sum(1, keepdim=True) + b
-
-
-class GuidedFilterRefiner(nn.Module):
-    """Learnable fast guided filter: (guide_hr (B, 1|3, H, W), x_lr (B, 1, h, w)) -> prob (B, 1, H, W).
-
-    x_lr is logits when from_logits (a sigmoid is applied first), else a probability. eps is
-    learned as log_eps so it stays positive; r is fixed (in low-resolution pixels).
-    """
-
-    def __init__(self, r: int = 1, eps: float = 1e-5, from_logits: bool = True):
-        super().__init__()
-        self.r = r
-        self.from_logits = from_logits
-        self.log_eps = nn.Parameter(torch.tensor(math.log(eps)))
-
-    @property
-    def eps(self) -> torch.Tensor:
-        return self.log_eps.exp()
-
-    def forward(self, guide_hr: torch.Tensor, x_lr: torch.Tensor) -> torch.Tensor:
-        prob_lr = torch.sigmoid(x_lr) if self.from_logits else x_lr
-        return fast_guided_filter(guide_hr, prob_lr, self.r, self.eps).clamp(0, 1)
+        return getattr(guided_filter_torch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_radius(h: int, w: int) -> int:
@@ -145,25 +32,114 @@ def default_radius(h: int, w: int) -> int:
     return max(1, round(min(h, w) / 180))
 
 
+def area_downsample(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3) float64 in [0, 1]: the mean of each output pixel's source cells, the
+    cells of torch's `F.interpolate(mode="area")` (adaptive average pooling: rows floor(i H / h) to
+    ceil((i + 1) H / h)). Exact integer sums from `cv2.integral`, so it matches the torch filter;
+    cv2.INTER_AREA weighs cut cells fractionally and moves A, which eps = 1e-5 makes sensitive."""
+    H, W = rgb.shape[:2]
+    S = cv2.integral(rgb, sdepth=cv2.CV_32S)  # (H + 1, W + 1, 3)
+    i, j = np.arange(h), np.arange(w)
+    y0, y1 = i * H // h, -(-(i + 1) * H // h)
+    x0, x1 = j * W // w, -(-(j + 1) * W // w)
+    rows = S[y1] - S[y0]  # (h, W + 1, 3): the cells' row sums, separable
+    sums = rows[:, x1] - rows[:, x0]
+    count = (y1 - y0)[:, None] * (x1 - x0)[None, :] * 255.0
+    return sums / count[..., None]
+
+
+class _Planes:
+    """Box means of many (h, w) planes with one OpenCV call: the planes lie one under another in a
+    single tall image, r rows of zeros after each, so no window reaches into the next plane and
+    BORDER_CONSTANT (zeros) gives the clipped-window sums; dividing by the number of pixels inside
+    the window keeps borders from darkening, as in He's code."""
+
+    def __init__(self, count: int, h: int, w: int, r: int):
+        self.h, self.r = h, r
+        self.buffer = np.zeros((count, h + r, w), np.float64)
+        self.planes = self.buffer[:, :h]  # write the inputs here
+
+        def inside(n: int) -> np.ndarray:
+            i = np.arange(n)
+            return np.minimum(i + r, n - 1) - np.maximum(i - r, 0) + 1
+
+        self.inv_count = 1.0 / np.outer(inside(h), inside(w))
+
+    def mean(self) -> np.ndarray:
+        """(count, h, w) float64 box means of `planes`."""
+        k = 2 * self.r + 1
+        count, hr, w = self.buffer.shape
+        sums = cv2.boxFilter(self.buffer.reshape(count * hr, w), -1, (k, k), normalize=False,
+                             borderType=cv2.BORDER_CONSTANT)
+        return sums.reshape(count, hr, w)[:, :self.h] * self.inv_count
+
+
+def coefficients(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """Steps 1-4 of Algorithm 1 for the colour guide: guide (h, w, 3) in [0, 1], src (h, w) ->
+    box-averaged (A_r, A_g, A_b, b) as (4, h, w) float64, with q = A . I + b.
+
+    In float64: at the model's resolution it costs little more than float32, and with eps = 1e-5 the
+    cancellation in E[Ip] - E[I]E[p] over flat areas cost float32 up to 3e-3 of alpha on real photos
+    (the torch filter in float32 has that error; this one stays within 1e-6 of exact)."""
+    h, w = src.shape
+    # The filter commutes with shifting I and p, so center them (a constant src stays exactly constant).
+    center_I = guide.reshape(-1, 3).mean(0)
+    center_p = float(src.mean(dtype=np.float64))
+    first = _Planes(13, h, w, r)
+    P = first.planes
+    np.subtract(np.moveaxis(guide, -1, 0), center_I[:, None, None], out=P[0:3])
+    np.subtract(src, center_p, out=P[3])
+    np.multiply(P[0:3], P[3], out=P[4:7])
+    for k, (i, j) in enumerate(((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))):
+        np.multiply(P[i], P[j], out=P[7 + k])
+    m = first.mean()
+    mI, mp = m[0:3], m[3]
+    c0, c1, c2 = m[4:7] - mI * mp
+    s00, s01, s02 = m[7] - mI[0] * mI[0], m[8] - mI[0] * mI[1], m[9] - mI[0] * mI[2]
+    s11, s12, s22 = m[10] - mI[1] * mI[1], m[11] - mI[1] * mI[2], m[12] - mI[2] * mI[2]
+    # (Sigma + eps U) a = cov_Ip per pixel by closed-form LDL^T, as the torch version: stable in float32
+    # when Sigma is near rank 1 (gray photos); each pivot is >= eps, so the clamp only removes rounding.
+    d0 = np.maximum(s00 + eps, eps)
+    l10, l20 = s01 / d0, s02 / d0
+    d1 = np.maximum(s11 + eps - l10 * s01, eps)
+    l21 = (s12 - l20 * s01) / d1
+    d2 = np.maximum(s22 + eps - l20 * s02 - l21 * l21 * d1, eps)
+    y1 = c1 - l10 * c0
+    second = _Planes(4, h, w, r)
+    A = second.planes
+    np.divide(c2 - l20 * c0 - l21 * y1, d2, out=A[2])
+    np.subtract(y1 / d1, l21 * A[2], out=A[1])
+    np.subtract(c0 / d0 - l10 * A[1], l20 * A[2], out=A[0])
+    np.subtract(mp, A[0] * mI[0] + A[1] * mI[1] + A[2] * mI[2], out=A[3])
+    mean = second.mean()
+    # undo the centering: q = A . (I - cI) + b + cp = A . I + (b + cp - A . cI)
+    mean[3] += center_p - (mean[0] * center_I[0] + mean[1] * center_I[1] + mean[2] * center_I[2])
+    return mean
+
+
 def refine_alpha(image_rgb_uint8: np.ndarray, alpha_lr: np.ndarray, r: int | None = None,
                  eps: float = 1e-5) -> np.ndarray:
     """Upsample a low-resolution alpha to the image's size along the image's edges.
 
     image_rgb_uint8 (H, W, 3) uint8, alpha_lr (h, w) float in [0, 1] -> (H, W) float32 in [0, 1].
     r is in alpha_lr pixels, default default_radius(h, w). eps = 1e-5 scored best with 1e-6 in the
-    sweep (1e-3 and 1e-4 worse) and keeps float32 within 1e-4 of float64 on gray photos.
-    Measured on real photos, this beat bilinear upsampling only on portraits: see benchmarks/README.md.
+    sweep (1e-3 and 1e-4 worse). Measured on real photos, this beat bilinear upsampling only on
+    portraits: see benchmarks/README.md.
+
+    Cost: the solve runs at (h, w); at full size only a 4-channel bilinear resize, a multiply and a
+    channel sum, all OpenCV (the 1/255 of the guide is folded into A, the 1 into an alpha channel).
     """
     if image_rgb_uint8.ndim != 3 or image_rgb_uint8.shape[2] != 3 or alpha_lr.ndim != 2:
         raise ValueError(f"expected image (H, W, 3) and alpha (h, w), got {image_rgb_uint8.shape} "
                          f"and {alpha_lr.shape}; stack gray images to 3 channels")
-    if r is None:
-        r = default_radius(*alpha_lr.shape)
-    with torch.inference_mode():
-        image = np.ascontiguousarray(image_rgb_uint8)
-        image = image if image.flags.writeable else image.copy()  # torch warns on read-only arrays (PIL's)
-        guide = torch.from_numpy(image).permute(2, 0, 1)[None]
-        guide = guide.float().div_(255)
-        src = torch.from_numpy(np.ascontiguousarray(alpha_lr, dtype=np.float32))[None, None]
-        out = fast_guided_filter(guide, src, r, eps)[0, 0].clamp_(0, 1)
-    return out.numpy()
+    H, W = image_rgb_uint8.shape[:2]
+    h, w = alpha_lr.shape
+    r = default_radius(h, w) if r is None else r
+    rgb = np.ascontiguousarray(image_rgb_uint8, dtype=np.uint8)
+    coef = coefficients(area_downsample(rgb, h, w), np.asarray(alpha_lr, np.float64), r, eps)
+    # (h, w, 4), with 1/255 folded in: A applies to the uint8 photo directly, b to an alpha channel of 255s
+    coef = cv2.merge(list((coef * (1 / 255)).astype(np.float32)))
+    up = cv2.resize(coef, (W, H), interpolation=cv2.INTER_LINEAR)  # = torch bilinear, align_corners=False
+    rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
+    q = cv2.transform(cv2.multiply(up, rgba, dtype=cv2.CV_32F), np.ones((1, 4), np.float32))
+    return np.clip(q, 0, 1, out=q)

@@ -1,16 +1,18 @@
-"""Guided filter against an independent NumPy implementation of He et al., Algorithm 1."""
+"""Guided filter: the torch version against an independent NumPy implementation of He et al.,
+Algorithm 1, and the numpy/OpenCV inference version (`refine_alpha`) against the torch one."""
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from personseg.guided_filter import (
+from personseg.guided_filter import area_downsample, default_radius, refine_alpha
+from personseg.guided_filter_torch import (
     GuidedFilterRefiner,
     box_filter,
     fast_guided_filter,
     guided_filter,
-    refine_alpha,
+    refine_alpha_torch,
 )
 
 SIZES = [(13, 17), (3, 5)]  # (3, 5) is smaller than the window for r = 2 and 4
@@ -137,3 +139,54 @@ def test_refine_alpha_snaps_to_image_edge():
     target = (image[..., 0] > 0).astype(np.float32)
     refined = refine_alpha(image, alpha_lr, r=1, eps=1e-4)
     assert np.abs(refined - target).mean() < 0.5 * np.abs(bilinear - target).mean()
+
+
+def soft_blobs(rng, h: int, w: int) -> np.ndarray:
+    """A low-resolution probability like a model's: blobs with soft edges."""
+    noise = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2)
+    return cv2.GaussianBlur((noise > noise.mean()).astype(np.float32), (0, 0), 1)
+
+
+@pytest.mark.parametrize("size,low", [((800, 600), (277, 208)), ((1080, 1920), (180, 320)), ((91, 161), (30, 54)),
+                                      ((37, 41), (20, 13)), ((64, 64), (64, 64))])
+@pytest.mark.parametrize("r", [None, 2])
+def test_numpy_refine_alpha_matches_torch_on_random_images(size, low, r):
+    rng = np.random.default_rng(sum(size))
+    image = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3), dtype=np.uint8), (0, 0), 2)
+    alpha = soft_blobs(rng, *low)
+    radius = default_radius(*low) if r is None else r
+    out = refine_alpha(image, alpha, r)
+    assert out.shape == size and out.dtype == np.float32
+    np.testing.assert_allclose(out, refine_alpha_torch(image, alpha, radius), atol=1e-3, rtol=0)
+
+
+def test_numpy_refine_alpha_matches_torch_on_real_photos(data_dir):
+    from personseg.imageio import list_inputs, read_image
+    from personseg.metrics import BinaryMetrics
+
+    rng = np.random.default_rng(0)
+    photos = [p for f in ("portraits", "hsd", "coco") for p in list_inputs([str(data_dir / f / "images")])[:3]]
+    for path in photos:
+        image = read_image(path)
+        scale = (320 * 180 / (image.shape[0] * image.shape[1])) ** 0.5
+        low = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+        alpha = soft_blobs(rng, *low)
+        r = default_radius(*low)
+        ours = refine_alpha(image, alpha)
+        # the torch filter computed exactly (float64): its float32 run is itself up to ~3e-3 off it on a
+        # few pixels of real photos (eps 1e-5 amplifies rounding in flat areas), ours within 1e-3
+        exact = refine_alpha_torch(image, alpha, r, dtype=torch.float64)
+        np.testing.assert_allclose(ours, exact, atol=1e-3, rtol=0, err_msg=str(path))
+        for ref in (exact, refine_alpha_torch(image, alpha, r)):  # the same masks as either torch run
+            metrics = BinaryMetrics(0.5)
+            metrics.update(torch.from_numpy(ours)[None], torch.from_numpy(ref >= 0.5)[None].float())
+            scores = metrics.compute()
+            assert scores["iou"] > 0.999 and scores["boundary_f"] > 0.99, (path, scores)
+
+
+def test_area_downsample_is_torch_area_interpolation():
+    import torch.nn.functional as F
+
+    image = np.random.default_rng(0).integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    ref = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, size=(30, 41), mode="area")
+    np.testing.assert_allclose(area_downsample(image, 30, 41), ref[0].permute(1, 2, 0).numpy(), atol=1e-6)
