@@ -1,0 +1,399 @@
+"""`personseg serve`: an HTTP API for person segmentation (FastAPI + uvicorn).
+
+    POST /v1/segment        one image (multipart field `image`, or the raw bytes as the body) -> PNG or JSON
+    POST /v1/segment/batch  several images (multipart fields `images`) -> JSON, one entry per image
+    GET  /healthz           liveness and queue depth
+    GET  /v1/models         the loaded model and the shipped ones
+    GET  /docs              OpenAPI docs
+
+Decisions:
+
+* One model, loaded once, run by one inference thread (`Batcher`): torch / ONNX Runtime already use the
+  cores inside one call, so more threads would only fight. Requests waiting while a batch runs are taken
+  together as the next batch (no extra wait, so a lone client pays nothing); `predict_batch` runs images of
+  the same size together. Decoding, rendering and PNG encoding happen in the request threads, in parallel
+  with the model.
+* Limits: body size (413), pixels (413, checked from the header before decoding), time per request (504),
+  images waiting (503 when the queue is full, so overload is refused fast instead of piling up). Every
+  error is JSON `{"error": "..."}` naming the problem; a bad image never takes the server down.
+* Binds 127.0.0.1 unless told otherwise.
+"""
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations, defined in create_app.
+
+import argparse
+import asyncio
+import base64
+import concurrent.futures
+import io
+import os
+import queue
+import re
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from personseg import render
+
+OUTPUT_KINDS = ("mask", "alpha", "cutout", "background")
+FORMATS = ("png", "json")
+IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass
+class Limits:
+    """What one request may ask for. `max_queue`: images waiting for the model before 503."""
+    max_body_mb: float = 20.0
+    max_pixels: int = 25_000_000
+    timeout_s: float = 30.0
+    max_batch_images: int = 16
+    max_queue: int = 64
+
+
+class RequestError(Exception):
+    """A problem with the request, answered as `status` with JSON {"error": message}."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# ---------------------------------------------------------------------------------------- the model
+
+class Batcher:
+    """Runs `predictor.predict_batch` in one thread on whatever images are waiting, up to `max_batch`.
+
+    `submit(rgb)` returns a concurrent Future of the (H, W) float32 alpha; it raises RequestError 503 when
+    `max_queue` images are already waiting."""
+
+    def __init__(self, predictor, max_batch: int = 8, max_queue: int = 64):
+        self.predictor, self.max_batch = predictor, max_batch
+        self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.batches = self.images = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="personseg-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, rgb: np.ndarray) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            self.queue.put_nowait((rgb, future))
+        except queue.Full:
+            raise RequestError(503, f"server busy: {self.queue.maxsize} images already waiting; retry later") from None
+        return future
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                items = [self.queue.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while len(items) < self.max_batch:
+                try:
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            items = [(rgb, f) for rgb, f in items if f.set_running_or_notify_cancel()]  # timed-out ones
+            if not items:
+                continue
+            try:
+                alphas = self.predictor.predict_batch([rgb for rgb, _ in items], batch_size=self.max_batch)
+            except Exception as e:  # noqa: BLE001 - handed to the waiting requests, the thread goes on
+                for _, future in items:
+                    future.set_exception(e)
+                continue
+            self.batches += 1
+            self.images += len(items)
+            for (_, future), alpha in zip(items, alphas):
+                future.set_result(alpha)
+
+
+# ----------------------------------------------------------------------------------- images in, out
+
+def decode(data: bytes, limits: Limits, name: str = "image") -> np.ndarray:
+    """Image bytes -> (H, W, 3) uint8 RGB as `personseg.imageio.read_image` reads files (EXIF rotation,
+    transparency onto white). Raises RequestError 400 (not an image, truncated) or 413 (too many pixels)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from personseg.imageio import ImageReadError, read_image
+
+    if not data:
+        raise RequestError(400, f"{name}: empty body; send the image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # the header only: size before decoding
+                width, height = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise RequestError(400, f"{name}: not a readable image (send JPEG, PNG, WebP, BMP, TIFF or GIF bytes)") from None
+    if width * height > limits.max_pixels:
+        raise RequestError(413, f"{name}: {width}x{height} = {width * height:,} pixels is over this server's "
+                                f"limit of {limits.max_pixels:,}; downscale it first")
+    # read_image takes a path; a temporary file keeps one reader for the CLI and the server.
+    with tempfile.NamedTemporaryFile(prefix="personseg-serve-", suffix=".img") as f:
+        f.write(data)
+        f.flush()
+        try:
+            return read_image(f.name)
+        except ImageReadError as e:
+            raise RequestError(400, f"{name}: {e.reason}") from None
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """(H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA uint8 -> PNG bytes."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, buffer = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def parse_background(value: str) -> render.Background:
+    """"blur" or a colour; image paths are refused (a client must not make the server read its files)."""
+    text = value.strip().lower()
+    looks_like_colour = (text == "blur" or text in render.COLORS
+                         or re.fullmatch(r"#[0-9a-f]{6}|\d+\s*,\s*\d+\s*,\s*\d+", text) is not None)
+    try:
+        background = render.parse_background(value) if looks_like_colour else None
+    except ValueError:
+        background = None
+    if background is None or isinstance(background, np.ndarray):
+        raise RequestError(422, f"background={value!r}: use blur or a colour (#RRGGBB, R,G,B or one of "
+                                f"{', '.join(render.COLORS)})")
+    return background
+
+
+def render_output(kind: str, rgb: np.ndarray, alpha: np.ndarray, threshold: float, background) -> np.ndarray:
+    if kind == "mask":
+        return render.mask(alpha, threshold)
+    if kind == "alpha":
+        return render.soft_alpha(alpha)
+    if kind == "cutout":
+        return render.cutout(rgb, alpha)
+    return render.replace_background(rgb, alpha, background)
+
+
+# ------------------------------------------------------------------------------------------ the app
+
+def create_app(predictor, *, model_name: str = "model", limits: Limits | None = None, max_batch: int = 8):
+    """The FastAPI app around one loaded predictor (anything with `predict_batch` and `threshold`)."""
+    from fastapi import FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    limits = limits or Limits()
+    batcher = Batcher(predictor, max_batch=max_batch, max_queue=limits.max_queue)
+    started = time.time()
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="personseg", version=_version(), lifespan=lifespan,
+                  description="Person segmentation: masks, soft alpha, cut-outs and new backgrounds.")
+    app.state.batcher, app.state.limits, app.state.predictor = batcher, limits, predictor
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, e: RequestError):
+        return JSONResponse({"error": e.message}, status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        return JSONResponse({"error": problems}, status_code=422)
+
+    async def read_body(request: Request) -> bytes:
+        limit = int(limits.max_body_mb * 1024 * 1024)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"body of {int(declared):,} bytes is over the limit of {limit:,} "
+                                    f"({limits.max_body_mb:g} MB)")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"body is over the limit of {limit:,} bytes ({limits.max_body_mb:g} MB)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def images_of(request: Request, field: str, many: bool) -> list[tuple[str, bytes]]:
+        """(name, bytes) of the uploaded images: multipart files, or the raw body for one image."""
+        content_type = request.headers.get("content-type", "").lower()
+        if content_type.startswith("multipart/form-data"):
+            body = await read_body(request)  # size-checked before the form parser spools anything
+            from starlette.datastructures import UploadFile
+            from starlette.requests import Request as StarletteRequest
+
+            async def replay():
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            form = await StarletteRequest(request.scope, replay).form(max_files=limits.max_batch_images + 1)
+            files = [v for k, v in form.multi_items() if isinstance(v, UploadFile) and (k == field or not many)]
+            if not files:
+                raise RequestError(422, f"no file in the form; send the image as the multipart field {field!r}")
+            return [(f.filename or field, await f.read()) for f in files]
+        if many:
+            raise RequestError(415, f"content type {content_type or 'none'!r}: send multipart/form-data "
+                                    f"with one or more {field!r} files")
+        if not content_type.startswith(IMAGE_TYPES):
+            raise RequestError(415, f"content type {content_type or 'none'!r} is not an image; send the image "
+                                    "bytes as image/* (or application/octet-stream), or multipart/form-data")
+        return [("body", await read_body(request))]
+
+    async def segment_one(name: str, data: bytes, output: str, threshold: float | None,
+                          background) -> tuple[bytes, dict]:
+        t0 = time.perf_counter()
+        rgb = await run_in_threadpool(decode, data, limits, name)
+        future = batcher.submit(rgb)
+        try:
+            alpha = await asyncio.wait_for(asyncio.wrap_future(future), timeout=limits.timeout_s)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise RequestError(504, f"{name}: not done within the server's limit of {limits.timeout_s:g} s") from None
+        t = predictor.threshold if threshold is None else threshold
+        image = await run_in_threadpool(render_output, output, rgb, alpha, t, background)
+        png = await run_in_threadpool(encode_png, image)
+        meta = {"name": name, "width": rgb.shape[1], "height": rgb.shape[0], "output": output,
+                "model": model_name, "threshold": t, "person_fraction": round(float((alpha >= t).mean()), 6),
+                "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
+        return png, meta
+
+    def options(output: str, background: str, threshold: float | None):
+        if output not in OUTPUT_KINDS:
+            raise RequestError(422, f"output={output!r}: choose one of {', '.join(OUTPUT_KINDS)}")
+        return parse_background(background) if output == "background" else None
+
+    output_q = Query("mask", description=f"what to return: {', '.join(OUTPUT_KINDS)}")
+    format_q = Query("png", pattern="^(png|json)$", description="png: the image itself; json: base64 PNG + metadata")
+    background_q = Query("blur", description="for output=background: blur, #RRGGBB, R,G,B or a colour name")
+    threshold_q = Query(None, ge=0.0, le=1.0, description="mask threshold (default: the model's own)")
+
+    @app.post("/v1/segment", summary="Segment one image",
+              description="The image as the multipart field `image` or as the raw body (image/*). "
+                          "Returns a PNG of the requested output, or JSON with it as base64 and metadata.",
+              responses={200: {"content": {"image/png": {}}}})
+    async def segment(request: Request, output: str = output_q, format: str = format_q,
+                      background: str = background_q, threshold: float | None = threshold_q):
+        bg = options(output, background, threshold)
+        name, data = (await images_of(request, "image", many=False))[0]
+        png, meta = await segment_one(name, data, output, threshold, bg)
+        if format == "png":
+            headers = {"X-Person-Fraction": str(meta["person_fraction"]), "X-Elapsed-Ms": str(meta["elapsed_ms"])}
+            return Response(png, media_type="image/png", headers=headers)
+        return JSONResponse({**meta, "png_base64": base64.b64encode(png).decode("ascii")})
+
+    @app.post("/v1/segment/batch", summary="Segment several images",
+              description=f"Multipart fields `images` (at most {limits.max_batch_images}). JSON list, one "
+                          "entry per image in order: the base64 PNG and metadata, or an error for that image.")
+    async def segment_batch(request: Request, output: str = output_q, background: str = background_q,
+                            threshold: float | None = threshold_q):
+        bg = options(output, background, threshold)
+        files = await images_of(request, "images", many=True)
+        if len(files) > limits.max_batch_images:
+            raise RequestError(413, f"{len(files)} images is over the limit of {limits.max_batch_images} per request")
+
+        async def one(name: str, data: bytes) -> dict:
+            try:
+                png, meta = await segment_one(name, data, output, threshold, bg)
+            except RequestError as e:
+                return {"name": name, "error": e.message, "status": e.status}
+            return {**meta, "png_base64": base64.b64encode(png).decode("ascii")}
+
+        return {"results": list(await asyncio.gather(*(one(n, d) for n, d in files)))}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz():
+        return {"status": "ok", "model": model_name, "queued": batcher.queue.qsize(),
+                "batches": batcher.batches, "images": batcher.images, "uptime_s": round(time.time() - started, 1)}
+
+    @app.get("/v1/models", summary="The loaded model and the shipped ones")
+    async def models():
+        info = getattr(predictor, "info", {}) or {}
+        loaded = {"name": model_name, "threshold": predictor.threshold,
+                  "input_size": list(getattr(predictor, "input_size", ()) or []),
+                  "architecture": info.get("arch"), "tta": getattr(predictor, "tta", None),
+                  "format": info.get("format"), "precision": info.get("precision")}
+        return {"loaded": loaded, "shipped": shipped_models(),
+                "limits": {"max_body_mb": limits.max_body_mb, "max_pixels": limits.max_pixels,
+                           "timeout_s": limits.timeout_s, "max_batch_images": limits.max_batch_images}}
+
+    return app
+
+
+def shipped_models() -> list[str]:
+    weights = Path(__file__).parent / "weights"
+    return sorted({p.stem for p in weights.glob("*") if p.suffix in (".pt", ".onnx")})
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("personseg")
+    except Exception:  # noqa: BLE001 - not installed: a source checkout
+        return "0"
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="PATH_OR_NAME",
+                        help="a checkpoint, an .onnx file or a shipped model name (default: the shipped default)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes the "
+                             "API to the network, with no authentication)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="default: cpu")
+    parser.add_argument("--no-refine", action="store_true", help="bilinear upsampling instead of the guided filter")
+    parser.add_argument("--max-batch", type=int, default=8, metavar="N",
+                        help="images run by the model together when requests wait (default: 8; 1 = never)")
+    parser.add_argument("--max-body-mb", type=float, default=Limits.max_body_mb, help="request body limit (default: 20)")
+    parser.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="pixels per image (default: 25M)")
+    parser.add_argument("--timeout", type=float, default=Limits.timeout_s, metavar="S",
+                        help="seconds one image may take, queueing included, before 504 (default: 30)")
+    parser.add_argument("--max-queue", type=int, default=Limits.max_queue, metavar="N",
+                        help="images waiting for the model before requests get 503 (default: 64)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        print('personseg serve: needs FastAPI and uvicorn: pip install "personseg[serve]"', file=sys.stderr)
+        return 2
+    import personseg
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {args.host}: the API is reachable from other machines, with no authentication",
+              file=sys.stderr)
+    try:
+        predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine)
+    except (OSError, ValueError) as e:
+        print(f"personseg serve: cannot load the model: {e}", file=sys.stderr)
+        return 2
+    limits = Limits(max_body_mb=args.max_body_mb, max_pixels=args.max_pixels, timeout_s=args.timeout,
+                    max_queue=args.max_queue)
+    name = Path(args.model).stem if args.model else "default"
+    app = create_app(predictor, model_name=name, limits=limits, max_batch=args.max_batch)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=os.environ.get("PERSONSEG_LOG_LEVEL", "info"),
+                timeout_keep_alive=5, limit_concurrency=4 * limits.max_queue)
+    return 0
