@@ -26,6 +26,7 @@ decoded pixels from this process. The benchmark only compares: nothing here trai
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import platform
 import statistics
@@ -103,6 +104,8 @@ def open_model(name: str, threads: int, venv: Path):
 
     if name.startswith("mediapipe"):
         return MediaPipe(int(name[len("mediapipe"):]), threads, venv)
+    if "threads" in inspect.signature(personseg.load).parameters:  # the ONNX Runtime predictor's own threads
+        return personseg.load(name, threads=threads)
     return personseg.load(name)
 
 

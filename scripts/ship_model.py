@@ -11,7 +11,8 @@ figures in the checkpoint's meta["card"] (tests/test_shipped_models.py checks th
 prints the model-card tables. Person-free folders (negatives/) have no IoU: their figures are fp_share
 (share of pixels called person) and over_5pct (photos with more than 5% called person).
 
---calibrate picks the threshold on the validation split (never the held-back one).
+--calibrate picks the threshold on the validation split (never the held-back one). Everything here loads
+the written NAME.pt by path; where models ship as ONNX, run scripts/ship_onnx.py NAME afterwards.
 """
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def remeasure_speed(name: str, threads: int) -> None:
     ckpt = read_checkpoint(target)
     model, info = load_checkpoint(target)
     meta = ckpt["meta"]
-    meta["card"]["speed"] = speed(personseg.load(name), threads)
+    meta["card"]["speed"] = speed(personseg.load(target), threads)
     save_checkpoint(target, model, meta=meta, half=True, **{k: info[k] for k in (
         "arch", "model_kwargs", "input_size", "mean", "std", "threshold")})
     assert torch.equal(read_checkpoint(target)["state_dict"]["head.weight"], ckpt["state_dict"]["head.weight"])
@@ -156,11 +157,13 @@ def main() -> None:
                   mean=info["mean"], std=info["std"], threshold=info["threshold"], half=True)
     save_checkpoint(target, model, meta=meta, **fields)
     if args.calibrate:
-        fields["threshold"], meta["threshold_calibration"] = calibrate_threshold(personseg.load(args.name), Path(args.data))
+        fields["threshold"], meta["threshold_calibration"] = calibrate_threshold(personseg.load(target), Path(args.data))
         print(f"threshold {fields['threshold']} (pooled IoU on the validation images per candidate: "
               f"{meta['threshold_calibration']})")
         save_checkpoint(target, model, meta=meta, **fields)
-    shipped = personseg.load(args.name)  # score the fp16 file users get, not the run's fp32 weights
+    # Score the fp16 file written above, not the run's fp32 weights. By path: the name would load the
+    # NAME.onnx beside it, which still holds the previous model until scripts/ship_onnx.py rewrites it.
+    shipped = personseg.load(target)
     meta["card"] = score(shipped, Path(args.data))
     shipped.refine = False  # the same model upsampled bilinearly: what the guided filter buys
     plain = evaluate_folders(shipped, [Path(args.data) / f for f in FOLDERS if f != "negatives"],
