@@ -17,6 +17,9 @@ COMMANDS = {
     "data": ("personseg.data_tools", "download public person datasets and check data folders"),
     "export": ("personseg.export", "export a model to ONNX (dynamic sizes, parity-checked), optionally int8"),
     "bench": ("personseg.bench", "parameters, GFLOPs, latency and throughput of models on PyTorch and ONNX Runtime"),
+    "serve": ("personseg.serve", "an HTTP API (FastAPI): POST an image, get its mask, alpha, cut-out or new background"),
+    "demo": ("personseg.demo", "try a model in the browser (Gradio): photos, webcam and short videos"),
+    "batch": ("personseg.batch_ray", "personseg segment on Ray Data, for large collections or a Ray cluster"),
 }
 
 
