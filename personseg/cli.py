@@ -1,6 +1,8 @@
 """The `personseg` command. Each subcommand lives in its own module exposing
-`add_arguments(parser)` and `run(args) -> int` (the exit code); they are imported lazily so
-`personseg --help` stays fast."""
+`add_arguments(parser)` and `run(args) -> int` (the exit code). Only the module of the command being
+run is imported, so `personseg segment` and `personseg video` never import torch (the light install
+has none) and `personseg --help` stays fast. A command whose module needs a package of the `train`
+extra that is missing says so in one line (`TRAIN_EXTRA`) and exits 2."""
 from __future__ import annotations
 
 import argparse
@@ -45,7 +47,23 @@ def nonnegative_int(value: str) -> int:
     return n
 
 
-def build_parser() -> argparse.ArgumentParser:
+TRAIN_EXTRA = 'pip install "personseg[train]"'
+
+
+class MissingExtraError(ImportError):
+    """Something that needs a package of the `train` extra (torch for .pt checkpoints) without it."""
+
+# top-level packages of the train extra (pyproject.toml); a command importing one that is missing names the extra
+TRAIN_PACKAGES = {"torch", "torchvision", "albumentations", "tensorboard", "pycocotools", "yaml", "skimage",
+                  "onnx", "onnxscript", "scipy"}
+
+
+def missing_extra_message(command: str, package: str) -> str:
+    return f"personseg {command}: needs {package}, which the light install leaves out: {TRAIN_EXTRA}"
+
+
+def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; full arguments only for `commands` (default: all), whose modules are imported."""
     parser = argparse.ArgumentParser(
         prog="personseg",
         description="Find the people in images and video, pixel by pixel.",
@@ -54,28 +72,47 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         sub_parser.set_defaults(_module=module_name)
+        if commands is not None and name not in commands:
+            continue
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
+        except ImportError as e:  # ModuleNotFoundError, or an ImportError of a blocked or broken package
+            top = (e.name or "").split(".")[0]
+            if e.name != module_name and top not in TRAIN_PACKAGES:
                 raise
-            sub_parser.set_defaults(_missing=True)
+            sub_parser.set_defaults(_missing=top if top in TRAIN_PACKAGES else "")
+            sub_parser.add_argument("_rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             continue
         module.add_arguments(sub_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser([command] if command in COMMANDS else [])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if getattr(args, "_missing", False):
-        print(f"personseg {args.command}: not available in this build", file=sys.stderr)
+    missing = getattr(args, "_missing", None)
+    if missing is not None:
+        message = (missing_extra_message(args.command, missing) if missing
+                   else f"personseg {args.command}: not available in this build")
+        print(message, file=sys.stderr)
         return 2
     module = importlib.import_module(args._module)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except MissingExtraError as e:  # a .pt checkpoint without torch, say
+        print(f"personseg {args.command}: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # a lazy import of the train extra on the way: --example's scikit-image...
+        top = (e.name or "").split(".")[0]
+        if top not in TRAIN_PACKAGES:
+            raise
+        print(missing_extra_message(args.command, top), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -245,7 +245,7 @@ def calibration_inputs(paths: Iterable[Path], input_size, mean, std) -> Iterator
     for path in paths:
         rgb = read_image(path)
         size = model_size(*rgb.shape[:2], input_size)
-        yield preprocess([rgb], size, mean255, std255).contiguous().numpy()
+        yield preprocess([rgb], size, mean255, std255)
 
 
 class _Reader:
@@ -277,7 +277,7 @@ def _calibration_feeds(fp32_path: Path, inputs: list[np.ndarray]) -> list[dict[s
         zeros = fp32.initial_state(x.shape[0], *x.shape[2:])
         _, state = fp32(torch.from_numpy(x), zeros)
         for s in (zeros, state):
-            feeds.append(dict(zip(fp32.input_names, [x] + [t.numpy() for t in s])))
+            feeds.append(dict(zip(fp32.input_names, [x] + [np.asarray(t) for t in s])))
     return feeds
 
 

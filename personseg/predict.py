@@ -1,5 +1,10 @@
 """Inference on numpy images. The CLI, video and demo code are thin callers of `Predictor`.
 
+Runs on ONNX Runtime, numpy and OpenCV: the shipped models are ONNX files in the package
+(`personseg/weights/NAME.onnx`, written by `scripts/ship_onnx.py` from `NAME.pt`), and torch is not
+imported. A `.pt` checkpoint (training output) runs through torch, imported only then; without torch
+installed that says which extra to install.
+
 Preprocessing keeps the aspect ratio by resizing, not letterboxing: each image is scaled so its area
 matches the model's pixel budget (`input_size`, 320x180 = 57,600 pixels by default) with its own
 aspect ratio; the model pads to its stride internally and crops back. A 600x800 portrait runs at
@@ -8,21 +13,38 @@ size by the guided filter (image as guide, sharp edges) or, with `refine=False`,
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import sys
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
-from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint
+from personseg.cli import TRAIN_EXTRA, MissingExtraError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "accurate"
+# ImageNet statistics, of 0-1 RGB (as personseg.checkpoint, which needs torch to import)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKENDS = ("auto", "onnx", "torch")
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
+def import_torch(what: str = ".pt checkpoints"):
+    """torch, or a one-line MissingExtraError naming the extra that brings it."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingExtraError(f"{what} need torch, which the light install leaves out: {TRAIN_EXTRA} "
+                                "(or use a shipped model or an ONNX file)") from None
+    return torch
+
+
+def resolve_device(device):
+    """A torch.device for the torch backend: "auto" is cuda when available."""
+    torch = import_torch()
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -37,13 +59,19 @@ def model_size(height: int, width: int, input_size: tuple[int, int]) -> tuple[in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def preprocess(images: list[np.ndarray], size: tuple[int, int], mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    """Same-size HxWx3 uint8 RGB images -> (N, 3, h, w) float32 model input (channels_last memory):
-    resized to `size` = (h, w) with INTER_AREA, then (x - mean) / std with mean and std in 0-255 units."""
+def preprocess(images: list[np.ndarray], size: tuple[int, int], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Same-size HxWx3 uint8 RGB images -> (N, 3, h, w) float32 C-contiguous model input: resized to
+    `size` = (h, w) with INTER_AREA, then (x - mean) / std with mean and std in 0-255 units."""
     h, w = size
     batch = np.stack([cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) for rgb in images])
-    batch = (batch.astype(np.float32) - mean) / std
-    return torch.from_numpy(batch).permute(0, 3, 1, 2)  # an NHWC buffer is (N, 3, h, w) channels_last
+    scale = (1 / np.asarray(std, np.float32)).astype(np.float32)
+    x = (batch.astype(np.float32) - np.asarray(mean, np.float32)) * scale
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """float32 logistic without overflow warnings (tanh form)."""
+    return np.tanh(x * np.float32(0.5)) * np.float32(0.5) + np.float32(0.5)
 
 
 KEEP = ("all", "largest")
@@ -62,23 +90,53 @@ def keep_largest(alpha: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(near > 0, alpha, 0).astype(alpha.dtype)
 
 
+class TorchRunner:
+    """A torch model behind the numpy interface of `OnnxModel`: (B, 3, h, w) float32 array -> logits
+    array, or `(x, state) -> (logits, state)` for recurrent models (state as torch tensors)."""
+
+    def __init__(self, model, device):
+        self.torch = import_torch()
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device, memory_format=self.torch.channels_last)
+
+    def __call__(self, x: np.ndarray, state=None):
+        torch = self.torch
+        t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if hasattr(self.model, "state_shapes"):  # recurrent: explicit state in and out
+                logits, state = self.model(t, state)
+                return logits.float().cpu().numpy(), state
+            return self.model(t).float().cpu().numpy()
+
+
+def _is_torch_module(model) -> bool:
+    torch = sys.modules.get("torch")  # a torch module implies torch is imported already
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
 class Predictor:
     """`predict(rgb)` -> person alpha. rgb is HxWx3 uint8 RGB; the alpha is HxW float32 in [0, 1].
 
+    `model`: an `OnnxModel` (ONNX Runtime; what shipped models and .onnx files use) or a torch
+    `nn.Module` (a .pt checkpoint; `device` then says where it runs). `self.model` is that object;
+    `self.run` the numpy callable in front of it.
     `tta`: also run the model on the mirror image and average the two probabilities (before the
-    upsampling): twice the model's time for a steadier mask (the card of `accurate` says how much).
+    upsampling): twice the model's time for a steadier mask (the card of each model says how much).
     `keep`: "all" people found, or only the "largest" connected person region (`keep_largest`), for
     one-person cut-outs of photos with bystanders."""
 
-    def __init__(self, model: nn.Module, *, input_size: tuple[int, int] = (320, 180),
+    def __init__(self, model, *, input_size: tuple[int, int] = (320, 180),
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold: float = 0.5, refine: bool = True,
-                 device: str | torch.device | None = "cpu", info: dict | None = None, tta: bool = False,
+                 device: str | None = "cpu", info: dict | None = None, tta: bool = False,
                  keep: str = "all"):
         if keep not in KEEP:
             raise ValueError(f"keep={keep!r}: choose one of {', '.join(KEEP)}")
-        self.device = resolve_device(device)
-        if isinstance(model, nn.Module):  # else a callable such as personseg.onnx_backend.OnnxModel
-            model = model.eval().to(self.device, memory_format=torch.channels_last)
+        if _is_torch_module(model):
+            self.run = TorchRunner(model, device)
+            self.device = self.run.device
+            model = self.run.model
+        else:  # personseg.onnx_backend.OnnxModel, or any numpy callable
+            self.run, self.device = model, "cpu"
         self.model = model
         self.input_size = tuple(input_size)
         self.mean = np.asarray(mean, np.float32) * 255
@@ -87,10 +145,17 @@ class Predictor:
         self.refine, self.tta, self.keep = refine, tta, keep
         self.info = info or {}
 
+    @property
+    def backend(self) -> str:
+        return "torch" if isinstance(self.run, TorchRunner) else "onnx"
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, device="cpu", refine: bool = True,
                         tta: bool | None = None, keep: str = "all") -> "Predictor":
-        """`tta` None: as the checkpoint says (meta["tta"], set when a model is shipped with it)."""
+        """A .pt checkpoint on torch. `tta` None: as the checkpoint says (meta["tta"])."""
+        import_torch()
+        from personseg.checkpoint import load_checkpoint
+
         model, info = load_checkpoint(path)
         tta = bool(info.get("meta", {}).get("tta", False)) if tta is None else tta
         return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
@@ -98,15 +163,16 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, path: str | Path, device="cpu", refine: bool = True, threads: int | None = None,
-                  tta: bool | None = None, keep: str = "all") -> "Predictor":
-        """The same predictor on an ONNX Runtime session of a `personseg export` file (fp32 or int8);
-        `tta` None: as the file says (the checkpoint's setting when it was exported)."""
+                  tta: bool | None = None, keep: str = "all", spinning: bool = True) -> "Predictor":
+        """The predictor on an ONNX Runtime session of a `personseg export` file (fp32 or int8);
+        `tta` None: as the file says. `threads`: ORT intra-op threads (default
+        `onnx_backend.default_threads()`); `spinning` False when other busy threads share the CPU."""
         from personseg.onnx_backend import OnnxModel
 
-        model = OnnxModel(path, device=device, threads=threads)
+        model = OnnxModel(path, device=device, threads=threads, spinning=spinning)
         info = model.info
         return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
-                   threshold=info["threshold"], refine=refine, device="cpu", info=info,
+                   threshold=info["threshold"], refine=refine, info=info,
                    tta=info["tta"] if tta is None else tta, keep=keep)
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
@@ -137,41 +203,73 @@ class Predictor:
 
     def _forward(self, images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
         """Low-resolution probabilities, (N, h, w) float32."""
-        x = preprocess(images, size, self.mean, self.std).to(self.device)
+        x = preprocess(images, size, self.mean, self.std)
         if self.tta:
-            x = torch.cat([x, x.flip(-1)])
-        with torch.inference_mode():
-            prob = torch.sigmoid(self.model(x)[:, 0].float())
+            x = np.concatenate([x, x[..., ::-1]])
+        prob = sigmoid(np.asarray(self.run(x), np.float32)[:, 0])
         if self.tta:
-            plain, mirrored = prob.chunk(2)
-            prob = (plain + mirrored.flip(-1)) / 2
-        return prob.cpu().numpy()
+            plain, mirrored = np.split(prob, 2)
+            prob = (plain + mirrored[..., ::-1]) * np.float32(0.5)
+        return prob
 
     def upsample(self, rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """A low-resolution probability (h, w) back to the size of `rgb`: guided filter or bilinear."""
         h, w = rgb.shape[:2]
         if prob.shape == (h, w):
-            return prob
+            return np.ascontiguousarray(prob)
         if self.refine:
             from personseg.guided_filter import refine_alpha
             return refine_alpha(rgb, prob)
         return np.clip(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)
 
 
+def shipped_models() -> list[str]:
+    """Names of the models in the package (an .onnx or a .pt in personseg/weights)."""
+    return sorted({p.stem for p in WEIGHTS_DIR.glob("*.onnx")} | {p.stem for p in WEIGHTS_DIR.glob("*.pt")})
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_shipped(name: str, device, refine, tta, keep, backend: str, threads, spinning) -> Predictor:
+    onnx_file, pt_file = WEIGHTS_DIR / f"{name}.onnx", WEIGHTS_DIR / f"{name}.pt"
+    if backend == "torch" or (backend == "auto" and not onnx_file.exists()):
+        if not pt_file.exists():
+            raise FileNotFoundError(f"shipped model {name!r} has no .pt checkpoint in {WEIGHTS_DIR}")
+        return Predictor.from_checkpoint(pt_file, device, refine, tta, keep)
+    predictor = Predictor.from_onnx(onnx_file, device, refine, threads=threads, tta=tta, keep=keep,
+                                    spinning=spinning)
+    made_from = predictor.info.get("source_sha256")
+    if pt_file.exists() and made_from and made_from != file_sha256(pt_file):
+        warnings.warn(f"{onnx_file} was made from another {pt_file.name} than the one beside it; "
+                      f"re-ship it: python scripts/ship_onnx.py {name}", stacklevel=3)
+    return predictor
+
+
 def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool = True,
-         tta: bool | None = None, keep: str = "all") -> Predictor:
-    """A predictor from a checkpoint path, an ONNX file from `personseg export` (run by ONNX Runtime),
-    or a shipped model by name ("accurate", "fast"; None = the default). `tta` (mirror-image averaging,
-    see `Predictor`) None: the file's own setting (on for `accurate` and ONNX files exported from it).
-    `keep`: "all" people, or the "largest" person region only (see `Predictor`)."""
+         tta: bool | None = None, keep: str = "all", backend: str = "auto", threads: int | None = None,
+         spinning: bool = True) -> Predictor:
+    """A predictor from a shipped model's name ("accurate", "fast"; None = the default), an ONNX file
+    from `personseg export`, or a .pt checkpoint (needs torch: the `train` extra).
+
+    Shipped models run their ONNX file on ONNX Runtime; `backend="torch"` takes their .pt instead
+    (fine-tuning, export). `tta` (mirror-image averaging, see `Predictor`) None: the model's own
+    setting. `keep`: "all" people, or the "largest" person region only. `threads` and `spinning`:
+    ONNX Runtime's intra-op threads (default: the usable cores, at most 4) and whether they spin-wait."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     name = str(path_or_name or DEFAULT_MODEL)
-    shipped = WEIGHTS_DIR / f"{name}.pt"
-    if path_or_name is None or (not Path(name).exists() and shipped.exists()):
-        if not shipped.exists():
-            available = sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")) or ["none"]
-            raise FileNotFoundError(f"no shipped model named {name!r} (shipped: {', '.join(available)}); "
-                                    "pass a checkpoint path with --model")
-        return Predictor.from_checkpoint(shipped, device, refine, tta, keep)
+    shipped = shipped_models()
+    if path_or_name is None or (not Path(name).exists() and name in shipped):
+        return _load_shipped(name, device, refine, tta, keep, backend, threads, spinning)
     if name.lower().endswith(".onnx"):
-        return Predictor.from_onnx(name, device, refine, tta=tta, keep=keep)
+        return Predictor.from_onnx(name, device, refine, threads=threads, tta=tta, keep=keep, spinning=spinning)
+    if not Path(name).exists() and not name.lower().endswith((".pt", ".pth")) and "/" not in name:
+        raise FileNotFoundError(f"no shipped model named {name!r} (shipped: {', '.join(shipped) or 'none'}); "
+                                "pass a checkpoint or ONNX path with --model")
     return Predictor.from_checkpoint(name, device, refine, tta, keep)
