@@ -42,7 +42,7 @@ exit status: 0 every image done; 1 some images failed (each named on stderr, the
 
 examples:
   personseg segment photo.jpg -o out
-  personseg segment --example -o out          (a real photo that ships with scikit-image)
+  personseg segment --example -o out          (a real photo that ships in the package)
   personseg segment photos/ -o out --recursive --save mask,overlay
   personseg segment product_shots/ -o out --keep largest      (the main person only, no bystanders)
   personseg segment "shots/*.png" -o out --save background --background "#00b140"
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image files, folders (their jpg/jpeg/png/bmp/tif/tiff/webp/gif files) or glob patterns")
     parser.add_argument("--example", action="store_true",
                         help="also segment a real example photo (scikit-image's public-domain astronaut, "
-                             "written to OUTDIR/astronaut.png first)")
+                             "shipped in the package, copied to OUTDIR/astronaut.jpg first)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                         help="folder for the outputs (created if missing)")
     parser.add_argument("--save", type=_save_kinds, action="append", metavar="KINDS",
@@ -122,15 +122,21 @@ def output_bases(inputs: list[Path]) -> dict[Path, Path]:
             for p, b in bases.items()}
 
 
+EXAMPLE_PHOTO = Path(__file__).parent / "examples" / "astronaut.jpg"
+
+
 def write_example_photo(outdir: Path) -> Path:
-    """scikit-image's astronaut (Eileen Collins, NASA, public domain) as OUTDIR/astronaut.png."""
-    from skimage import data
-
-    from personseg.imageio import write_image_atomic
-
-    path = outdir / "astronaut.png"
+    """The example photo that ships in the package, scikit-image's astronaut (Eileen Collins, NASA,
+    public domain), copied to OUTDIR/astronaut.jpg."""
+    path = outdir / EXAMPLE_PHOTO.name
     if not path.exists():
-        write_image_atomic(path, data.astronaut())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            temp.write_bytes(EXAMPLE_PHOTO.read_bytes())
+            os.replace(temp, path)  # atomic: a reader never sees half a photo
+        finally:
+            temp.unlink(missing_ok=True)
     return path
 
 

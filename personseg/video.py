@@ -40,10 +40,10 @@ from typing import Any, Iterable, Iterator
 import av
 import cv2
 import numpy as np
-import torch
 
 from personseg import render
-from personseg.predict import Predictor, model_size, preprocess
+from personseg.tempfiles import remove_stale, sigterm_exits, temp_path
+from personseg.predict import Predictor, model_size, preprocess, sigmoid
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".m4v", ".avi", ".webm"}  # read (inputs, backgrounds)
 OUTPUT_EXTENSIONS = {".mp4", ".mov", ".mkv", ".m4v"}  # written: containers that take H.264 and qtrle
@@ -130,7 +130,8 @@ class FileSource:
             raise VideoError(f"{self.path}: corrupt or truncated video, unreadable after {index} frames "
                              f"({_reason(e)})") from None
         if self.frames and packets < self.frames:
-            raise VideoError(f"{self.path}: truncated video, it ends after {packets} of the {self.frames} "
+            # the decoded count, not `packets`: it is the number of frames the partial output holds
+            raise VideoError(f"{self.path}: truncated video, it ends after {index} of the {self.frames} "
                              "frames its header announces")
 
     def close(self) -> None:
@@ -372,7 +373,7 @@ class RecurrentSegmenter:
         self.reset()
 
     def reset(self) -> None:
-        self.state: list[torch.Tensor] | None = None
+        self.state: list | None = None  # arrays (ONNX) or tensors (torch), as the backend returns them
         self.size: tuple[int, int] | None = None
 
     def predict_batch(self, images: list[np.ndarray], batch_size: int = 1) -> list[np.ndarray]:
@@ -382,11 +383,8 @@ class RecurrentSegmenter:
             h, w = model_size(*rgb.shape[:2], p.input_size)
             if (h, w) != self.size:
                 self.state, self.size = None, (h, w)
-            x = preprocess([rgb], (h, w), p.mean, p.std).to(p.device)
-            with torch.inference_mode():
-                logits, self.state = p.model(x, self.state)
-                prob = torch.sigmoid(logits[0, 0].float()).cpu().numpy()
-            alphas.append(p.upsample(rgb, prob))
+            logits, self.state = p.run(preprocess([rgb], (h, w), p.mean, p.std), self.state)
+            alphas.append(p.upsample(rgb, sigmoid(np.asarray(logits, np.float32)[0, 0])))
         return alphas
 
 
@@ -703,20 +701,43 @@ class _Staged:
     def __init__(self, path: Path, folder: bool):
         self.path, self.folder = path, folder
         # keep the extension: FFmpeg picks the container format from it
-        self.temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+        self.temp = temp_path(path, path.stem, path.suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path, path.stem, path.suffix)  # left by a killed run
         if folder:
             self.temp.mkdir()
 
-    @property
-    def partial_path(self) -> Path:
-        return self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")
+    def partial_path(self, n: int = 1) -> Path:
+        """NAME.partial.EXT, or NAME.partial-N.EXT (N >= 2) when that name is taken."""
+        tag = "partial" if n == 1 else f"partial-{n}"
+        return self.path.with_name(f"{self.path.stem}.{tag}{self.path.suffix}")
 
     def commit(self, overwrite: bool) -> Path:
         return self._move(self.path, overwrite)
 
     def keep_partial(self) -> Path:
-        return self._move(self.partial_path, overwrite=True)
+        """Keep what was written under the first free partial name: an existing path (the input, an
+        earlier partial, a user's folder) is never replaced, since this run did not create it."""
+        for n in range(1, 1000):
+            target = self.partial_path(n)
+            try:
+                if self.folder:
+                    target.mkdir()  # claims the name atomically; fails if anything is there
+                    os.replace(self.temp, target)  # onto our own empty folder
+                else:
+                    try:
+                        os.link(self.temp, target)  # fails if anything is there; never replaces
+                        self.temp.unlink()
+                    except FileExistsError:
+                        raise
+                    except OSError:  # no hard links on this file system (FAT, some mounts)
+                        if target.exists() or target.is_symlink():
+                            raise FileExistsError(target) from None
+                        os.replace(self.temp, target)
+                return target
+            except FileExistsError:
+                continue
+        raise VideoError(f"{self.partial_path()}: 999 partial outputs exist already; remove some")
 
     def _move(self, target: Path, overwrite: bool) -> Path:
         if target.exists() and not overwrite:
@@ -889,8 +910,9 @@ def process_video(source: str | Path | int, output: str | Path, predictor: Predi
     src = open_source(source, fps)
     try:
         check_outputs(output, output_kind, save_masks, overwrite, None if isinstance(src, CameraSource) else src.path)
-        return _run(src, output, output_kind, save_masks, segmenter, smoother, background, threshold,
-                    batch_size, overwrite, progress, queue_size or 2 * batch_size)
+        with sigterm_exits():  # SIGTERM removes the temporary outputs, as Ctrl-C does
+            return _run(src, output, output_kind, save_masks, segmenter, smoother, background, threshold,
+                        batch_size, overwrite, progress, queue_size or 2 * batch_size)
     finally:
         src.close()
         if isinstance(background, BackgroundVideo):

@@ -111,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, VideoError) as e:
         return fail(f"--background: {e}", 2)
     try:
-        predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine, tta=False)
+        # ORT's workers do not spin-wait here: decoding, the guided filter and x264 need the same cores
+        predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine, tta=False,
+                                   spinning=False)
     except (OSError, ValueError) as e:
         return fail(f"cannot load the model: {e}", 2)
     try:
