@@ -155,3 +155,28 @@ def test_model_size_keeps_pixel_budget_and_aspect():
     h, w = model_size(800, 600, (320, 180))
     assert abs(h * w - 320 * 180) < 400 and abs(h / w - 800 / 600) < 0.01
     assert model_size(1080, 1920, (320, 180)) == (180, 320)
+
+
+SHIPPED_ONNX = sorted(p.stem for p in personseg.predict.WEIGHTS_DIR.glob("*.onnx"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_ONNX)
+def test_shipped_onnx_is_its_checkpoint(name, data_dir):
+    """personseg/weights/NAME.onnx (what load(NAME) runs) predicts as NAME.pt, the training checkpoint:
+    alpha within 1e-3 for fp32, masks agreeing for int8; made from this very .pt (sha256)."""
+    from personseg.imageio import list_inputs, read_image
+    from personseg.predict import WEIGHTS_DIR, file_sha256
+
+    shipped, eager = personseg.load(name), personseg.load(name, backend="torch")
+    assert shipped.backend == "onnx" and eager.backend == "torch"
+    assert shipped.info["source_sha256"] == file_sha256(WEIGHTS_DIR / f"{name}.pt"), \
+        f"{name}.onnx is stale: python scripts/ship_onnx.py {name}"
+    eager.tta = shipped.tta
+    for path in [p for f in ("portraits", "coco") for p in list_inputs([str(data_dir / f / "images")])[:2]]:
+        rgb = read_image(path)
+        a, b = shipped.predict(rgb), eager.predict(rgb)
+        if shipped.info["precision"] == "fp32":
+            assert np.abs(a - b).max() < 1e-3, path
+        else:
+            ma, mb = a >= shipped.threshold, b >= shipped.threshold
+            assert (ma & mb).sum() / max(1, (ma | mb).sum()) > 0.97, path
