@@ -1,5 +1,6 @@
 """`personseg video` end to end on short generated clips (with audio), and the video library's parts:
 temporal filter, tracker, recurrent model, metrics. Clips are 12 frames of 160x96 at 10 fps."""
+import re
 from fractions import Fraction
 
 import av
@@ -442,3 +443,88 @@ def test_missing_input_is_a_usage_error(tmp_path, video):
     assert code == 2 and "no such file" in err
     with pytest.raises(VideoError):
         process_video(tmp_path, tmp_path / "o.mp4", BrightPredictor())  # an empty folder
+
+
+# ------------------------------------------------------------------------- hostile inputs (issue 13)
+
+@pytest.fixture(scope="module")
+def cut_clip(tmp_path_factory):
+    """The first half of a faststart clip: the frames before the cut decode, then it ends."""
+    folder = tmp_path_factory.mktemp("cut")
+    whole = write_clip(folder / "faststart.mp4", options={"movflags": "+faststart"})
+    cut = folder / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return cut
+
+
+def test_partial_output_never_replaces_an_existing_path(cut_clip, tmp_path):
+    # the input itself is named like the partial output, and a user's folder sits at the masks' partial name
+    source = tmp_path / "talk.partial.mp4"
+    source.write_bytes(cut_clip.read_bytes())
+    (tmp_path / "m.partial").mkdir()
+    (tmp_path / "m.partial" / "notes.txt").write_text("mine")
+    with pytest.raises(VideoError) as error:
+        process_video(source, tmp_path / "talk.mp4", BrightPredictor(), save_masks=tmp_path / "m")
+    assert source.read_bytes() == cut_clip.read_bytes()
+    assert (tmp_path / "m.partial" / "notes.txt").read_text() == "mine"
+    assert error.value.partial == tmp_path / "talk.partial-2.mp4" and "m.partial-2" in str(error.value)
+    assert 0 < probe(tmp_path / "talk.partial-2.mp4")["decoded"] < N
+    # an unrelated file at the partial name is kept too, and a second failure takes the next name
+    (tmp_path / "o.partial.mp4").write_bytes(b"other")
+    for n in (2, 3):
+        with pytest.raises(VideoError):
+            process_video(cut_clip, tmp_path / "o.mp4", BrightPredictor())
+        assert (tmp_path / f"o.partial-{n}.mp4").is_file()
+    assert (tmp_path / "o.partial.mp4").read_bytes() == b"other"
+
+
+def test_partial_output_never_replaces_a_frame_folder_used_as_input(tmp_path):
+    frames = tmp_path / "shots.partial"
+    frames.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(frames / f"{i:05d}.png"), picture(i))
+    (frames / "00003.png").write_bytes(b"not a png")  # the run stops here and keeps frames 0-2
+    before = {p.name: p.read_bytes() for p in frames.iterdir()}
+    with pytest.raises(VideoError) as error:
+        process_video(frames, tmp_path / "shots", BrightPredictor(), output_kind="alpha")
+    assert {p.name: p.read_bytes() for p in frames.iterdir()} == before
+    assert error.value.partial == tmp_path / "shots.partial-2"
+    assert sorted(p.name for p in error.value.partial.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+
+
+def test_truncation_message_counts_the_frames_it_kept(cut_clip, tmp_path):
+    with pytest.raises(VideoError) as error:
+        process_video(cut_clip, tmp_path / "o.mp4", BrightPredictor(), batch_size=5)
+    message = str(error.value)
+    ends, announced = map(int, re.search(r"ends after (\d+) of the (\d+) frames", message).groups())
+    kept = int(re.search(r"the (\d+) frames before it", message).group(1))
+    assert announced == N and ends == kept == probe(error.value.partial)["decoded"]
+
+
+def test_sigterm_removes_temporary_outputs_and_the_next_run_removes_stale_ones(clip, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import personseg.video as video_module
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale_file, stale_folder = tmp_path / f".o.{dead}-0123abcd.tmp.mp4", tmp_path / f".m.{dead}-0123abcd.tmp"
+    live = tmp_path / f".o.{os.getppid()}-0123abcd.tmp.mp4"  # a running process's temp stays
+    stale_file.write_bytes(b"x"), stale_folder.mkdir(), live.write_bytes(b"x")
+    frames = []
+
+    def replace_background(rgb, alpha, back):
+        frames.append(1)
+        if len(frames) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return rgb
+
+    monkeypatch.setattr(video_module.render, "replace_background", replace_background)
+    with pytest.raises(SystemExit) as exited:
+        process_video(clip, tmp_path / "o.mp4", BrightPredictor(), save_masks=tmp_path / "m")
+    assert exited.value.code == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
