@@ -340,6 +340,18 @@ def create_app(predictor, *, model_name: str = "model", limits: Limits | None = 
     return app
 
 
+def load_shared(model: str | None, **kwargs):
+    """`personseg.load` for a server: ONNX Runtime's threads told not to spin-wait where the API has the
+    option, since request threads (decode, render, PNG) share the cores with the model."""
+    import inspect
+
+    import personseg
+
+    if "spinning" in inspect.signature(personseg.load).parameters:
+        kwargs["spinning"] = False
+    return personseg.load(model, **kwargs)
+
+
 def shipped_models() -> list[str]:
     weights = Path(__file__).parent / "weights"
     return sorted({p.stem for p in weights.glob("*") if p.suffix in (".pt", ".onnx")})
@@ -380,13 +392,11 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError:
         print('personseg serve: needs FastAPI and uvicorn: pip install "personseg[serve]"', file=sys.stderr)
         return 2
-    import personseg
-
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: the API is reachable from other machines, with no authentication",
               file=sys.stderr)
     try:
-        predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine)
+        predictor = load_shared(args.model, device=args.device, refine=not args.no_refine)
     except (OSError, ValueError) as e:
         print(f"personseg serve: cannot load the model: {e}", file=sys.stderr)
         return 2
