@@ -67,7 +67,7 @@ class Server:
         command = [sys.executable, "-m", "personseg", "serve", "--model", model, "--host", "127.0.0.1",
                    "--port", str(self.port), "--max-batch", str(max_batch), "--timeout", "120"]
         self.process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PERSONSEG_LOG_LEVEL": "warning"})
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while time.time() < deadline:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
@@ -77,7 +77,7 @@ class Server:
             if self.process.poll() is not None:
                 sys.exit(f"the server exited with {self.process.returncode}")
         self.stop()
-        sys.exit("the server did not answer /healthz within 120 s")
+        sys.exit("the server did not answer /healthz within 300 s")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="in-process timing (default: 20)")
     parser.add_argument("--requests", type=int, default=40, help="requests per latency level (default: 40)")
     parser.add_argument("--rss-requests", type=int, default=1000, help="requests of the memory phase (default: 1000)")
+    parser.add_argument("--rss-long-side", type=int, default=400,
+                        help="photo size of the memory phase (default: 400; smaller fits a busy machine)")
     parser.add_argument("--deadline", type=float, default=300, help="seconds per phase at most (default: 300)")
     args = parser.parse_args()
 
@@ -163,12 +165,14 @@ def main() -> None:
                 health = httpx.get(f"{server.url}/healthz", timeout=10).json()
                 print(f"  model calls {health['batches']} for {health['images']} images "
                       f"({health['images'] / max(1, health['batches']):.2f} per call)")
-                load(server.url, images, 4, 50, args.deadline)  # warm-up of the memory phase
+                small = photos(Path(args.photos), args.count, args.rss_long_side)
+                load(server.url, small, 4, 50, args.deadline)  # warm-up of the memory phase
                 before = server.rss_mb()
-                r = load(server.url, images, 4, args.rss_requests, args.deadline)
+                r = load(server.url, small, 4, args.rss_requests, 3 * args.deadline)
                 after = server.rss_mb()
-                print(f"  RSS over {r['done']} requests after warm-up: {before:.0f} -> {after:.0f} MB "
-                      f"({after - before:+.1f} MB), {r['errors']} errors")
+                sw, sh = Image.open(io.BytesIO(small[0])).size
+                print(f"  RSS over {r['done']} requests ({sw}x{sh} photos, 4 clients) after warm-up: "
+                      f"{before:.0f} -> {after:.0f} MB ({after - before:+.1f} MB), {r['errors']} errors")
         finally:
             server.stop()
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
