@@ -66,7 +66,7 @@ def resolve_model(spec: str) -> tuple[nn.Module, dict]:
         return model.eval(), {"arch": name, "model_kwargs": kwargs, "input_size": [320, 180],
                               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "threshold": 0.5,
                               "weights": "random"}
-    predictor = personseg.load(spec, refine=False)
+    predictor = personseg.load(spec, refine=False, backend="torch")  # a shipped name: its .pt
     if not isinstance(predictor.model, nn.Module):
         raise ValueError(f"{spec}: benchmark the checkpoint it came from; ONNX files are exported here")
     return predictor.model.to(memory_format=torch.contiguous_format).eval(), dict(predictor.info)

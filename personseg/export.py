@@ -385,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         return fail(f"{e.name} is not installed: pip install 'personseg[onnx]'")
     try:
-        predictor = personseg.load(args.model, refine=False)
+        predictor = personseg.load(args.model, refine=False, backend="torch")  # a shipped name: its .pt
     except (OSError, ValueError) as e:
         return fail(f"cannot load the model: {e}")
     if not isinstance(predictor.model, nn.Module):
