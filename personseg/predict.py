@@ -246,8 +246,16 @@ def _load_shipped(name: str, device, refine, tta, keep, backend: str, threads, s
                                     spinning=spinning)
     made_from = predictor.info.get("source_sha256")
     if pt_file.exists() and made_from and made_from != file_sha256(pt_file):
-        warnings.warn(f"{onnx_file} was made from another {pt_file.name} than the one beside it; "
-                      f"re-ship it: python scripts/ship_onnx.py {name}", stacklevel=3)
+        # NAME.pt was re-shipped after NAME.onnx was made: the checkpoint is the newer model
+        stale = (f"{onnx_file.name} was made from another {pt_file.name} than the one beside it; "
+                 f"rebuild it: python scripts/ship_onnx.py {name}")
+        try:
+            import_torch()
+        except MissingExtraError:
+            warnings.warn(f"{stale} (running the older ONNX file)", stacklevel=3)
+            return predictor
+        warnings.warn(f"{stale} (running {pt_file.name} on torch meanwhile)", stacklevel=3)
+        return Predictor.from_checkpoint(pt_file, device, refine, tta, keep)
     return predictor
 
 
