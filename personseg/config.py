@@ -138,7 +138,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = TrainConfig()
     if path is not None:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise ValueError(f"{path}: not valid YAML{where} ({problem}); fix the recipe there") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of config keys at the top level")
         for key, value in _flatten(data):
@@ -147,7 +153,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, sep, text = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r}: expected key=value, e.g. optim.lr=3e-4")
-        _set(cfg, key.strip(), yaml.safe_load(text))
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ValueError(f"override {item!r}: the value is not valid YAML; quote it, e.g. key='text'") from None
+        _set(cfg, key.strip(), value)
     validate(cfg)
     return cfg
 
@@ -169,8 +179,15 @@ def validate(cfg: TrainConfig) -> None:
             low_high = getattr(src, key)
             if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1]:
                 raise ValueError(f"data.sources.{i}.{key}={list(low_high)}: expected [min, max] with 0 <= min <= max")
-    if len(cfg.data.input_size) != 2:
-        raise ValueError("data.input_size: expected [W, H]")
+    if len(cfg.data.input_size) != 2 or not all(v >= 16 for v in cfg.data.input_size):
+        raise ValueError(f"data.input_size={list(cfg.data.input_size)}: expected [W, H], each at least 16 pixels")
+    counts = [("threads", cfg.threads, 0), ("max_steps", cfg.max_steps, 0), ("epochs", cfg.epochs, 1),
+              ("eval_every", cfg.eval_every, 0), ("log_every", cfg.log_every, 1),
+              ("data.samples_per_epoch", cfg.data.samples_per_epoch, 0), ("data.num_workers", cfg.data.num_workers, 0),
+              ("optim.batch_size", cfg.optim.batch_size, 1), ("optim.grad_accum", cfg.optim.grad_accum, 1)]
+    for name, value, low in counts:
+        if value < low:
+            raise ValueError(f"{name}={value}: expected {low} or more")
     if cfg.data.clip_jitter < 0:
         raise ValueError(f"data.clip_jitter={cfg.data.clip_jitter}: expected a strength >= 0")
     if not 0 <= cfg.data.tall_share <= 1:

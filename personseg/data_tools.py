@@ -156,7 +156,11 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
             z.extractall(dest)  # zipfile drops absolute paths and ".." from member names
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as t:
-            t.extractall(dest, filter="data")  # refuses links and paths leaving dest
+            try:
+                t.extractall(dest, filter="data")  # refuses links and paths leaving dest
+            except tarfile.FilterError as e:
+                raise DownloadError(f"{archive}: refused, member {e.tarinfo.name!r} would be written outside "
+                                    "the folder (or is a link or device); use the dataset's own archive") from None
     else:
         raise DownloadError(f"{archive}: neither a zip nor a tar archive")
     return dest
@@ -287,8 +291,8 @@ DATASETS: dict[str, Dataset] = {
     "coco-person": Dataset(
         description="COCO 2017 val images with a person (~2,700), masks from the instance annotations",
         licence="annotations CC BY 4.0; images under their Flickr licences (see cocodataset.org/#termsofuse)",
-        files=(Remote("http://images.cocodataset.org/zips/val2017.zip", "val2017.zip"),
-               Remote("http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+        files=(Remote("https://images.cocodataset.org/zips/val2017.zip", "val2017.zip"),
+               Remote("https://images.cocodataset.org/annotations/annotations_trainval2017.zip",
                       "annotations_trainval2017.zip")),
         convert=convert_coco_person,
         notes=["crowd regions are 128 in the masks (ignored by training and evaluation)",
@@ -298,10 +302,12 @@ DATASETS: dict[str, Dataset] = {
 
 
 def fetch(name: str, dest: str | Path, urls: list[str] | None = None, sha256s: list[str] | None = None,
-          *, progress: bool = True, overwrite: bool = False) -> int:
+          *, progress: bool = True, overwrite: bool = False, allow_unpinned: bool = False) -> int:
     """Download, verify, extract and convert dataset `name` into DEST/images + DEST/masks.
 
-    `urls` / `sha256s` replace the registry's, file by file (mirrors, tests). Returns the pairs written.
+    `urls` / `sha256s` replace the registry's, file by file (mirrors, tests). Every file must be
+    verified against a sha256 (the registry's pin or `sha256s`); a file with neither is refused before
+    anything is fetched unless `allow_unpinned`. Returns the pairs written.
     """
     dataset, dest = DATASETS[name], Path(dest)
     urls = urls or [f.url for f in dataset.files]
@@ -313,6 +319,11 @@ def fetch(name: str, dest: str | Path, urls: list[str] | None = None, sha256s: l
     for sub in ("images", "masks"):
         if not overwrite and (dest / sub).is_dir() and any((dest / sub).iterdir()):
             raise FileExistsError(f"{dest / sub} already holds files; choose an empty DEST or pass --overwrite")
+    for i, remote in enumerate(dataset.files):
+        if (sha256s[i] if sha256s is not None else remote.sha256) is None and not allow_unpinned:
+            raise DownloadError(f"{name}: {remote.filename} has no pinned sha256, so the download cannot be "
+                                "verified; pass --sha256 HEX (its published checksum) or --allow-unpinned "
+                                "to download it unverified")
 
     roots = []
     for i, (remote, url) in enumerate(zip(dataset.files, urls)):
@@ -441,6 +452,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  help="download from here instead (a mirror); repeat for datasets of several files")
     download_parser.add_argument("--sha256", action="append", metavar="HEX",
                                  help="expected sha256 of the (--url) file; repeat like --url")
+    download_parser.add_argument("--allow-unpinned", action="store_true",
+                                 help="download files that have no pinned sha256 (and no --sha256) unverified; "
+                                      "their computed sha256 is printed")
     download_parser.add_argument("--overwrite", action="store_true", help="write into a DEST that has data")
     check_parser = sub.add_parser("check", help="report problems in a data folder (images/ + masks/)",
                                   description="exit status: 1 when there is an error, 0 with warnings only")
@@ -464,7 +478,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = DATASETS[args.name]
     print(f"{args.name}: {dataset.description}\nlicence: {dataset.licence}", file=sys.stderr)
     try:
-        pairs = fetch(args.name, args.dest, args.url, args.sha256, progress=True, overwrite=args.overwrite)
+        pairs = fetch(args.name, args.dest, args.url, args.sha256, progress=True, overwrite=args.overwrite,
+                      allow_unpinned=args.allow_unpinned)
     except (DownloadError, ValueError, OSError) as e:
         print(f"personseg data download: {e}", file=sys.stderr)
         return 1

@@ -180,3 +180,81 @@ def test_shipped_onnx_is_its_checkpoint(name, data_dir):
         else:
             ma, mb = a >= shipped.threshold, b >= shipped.threshold
             assert (ma & mb).sum() / max(1, (ma | mb).sum()) > 0.97, path
+
+
+# ------------------------------------------------------------------------- hostile inputs (issue 13)
+
+def rewritten(tiny, tmp_path, name="bad.pt", **changes):
+    """The tiny checkpoint with some fields replaced (None deletes one), re-saved weights-only."""
+    ckpt = torch.load(tiny[1], weights_only=True)
+    for key, value in changes.items():
+        if value is None:
+            del ckpt[key]
+        else:
+            ckpt[key] = value
+    path = tmp_path / name
+    torch.save(ckpt, path)
+    return path
+
+
+def test_settings_that_do_not_fit_the_weights_are_refused_before_allocating(tiny, tmp_path):
+    import resource
+
+    path = rewritten(tiny, tmp_path, model_kwargs={"alpha": 60.0, "decoder_channels": [32, 16, 16, 8, 8]})
+    assert path.stat().st_size < 2_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300_000  # the model is GBs
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"arch": None}, "arch is missing"),
+    ({"arch": "resnet9000"}, "not a known model"),
+    ({"state_dict": {"head.weight": [1, 2, 3]}}, "not a dict of named tensors"),
+    ({"input_size": [0, 0]}, "input_size"),
+    ({"threshold": float("nan")}, "threshold"),
+    ({"mean": [0.5]}, "mean"),
+    ({"std": [0.2, 0.2, 0.0]}, "std"),
+    ({"model_kwargs": {"alpha": 0.25, "encoder_weights": "/etc/passwd"}}, "encoder_weights"),
+])
+def test_damaged_descriptions_are_refused_in_one_line(tiny, tmp_path, changes, message):
+    path = rewritten(tiny, tmp_path, **changes)
+    with pytest.raises(CheckpointError, match=message) as error:
+        load_checkpoint(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_empty_random_and_code_files_get_their_own_messages(tmp_path):
+    empty, noise, evil = tmp_path / "empty.pt", tmp_path / "noise.pt", tmp_path / "evil.pt"
+    empty.write_bytes(b"")
+    noise.write_bytes(np.random.default_rng(0).bytes(5000))
+    torch.save({"format": "personseg-checkpoint", "payload": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="empty file"):
+        read_checkpoint(empty)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as error:
+        read_checkpoint(noise)
+    assert "Python objects" not in str(error.value)
+    with pytest.raises(CheckpointError, match="refused") as error:
+        read_checkpoint(evil)
+    text = str(error.value)
+    assert "\x1b" not in text and "weights_only=False" not in text and "\n" not in text
+
+
+def test_checkpoints_follow_the_umask_and_stale_temps_are_removed(tiny, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".last.pt.{dead}-0123abcd.tmp"  # a save killed half-way
+    stale.write_bytes(b"half")
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "last.pt", tiny[0], arch="unet_mobilenet_v3",
+                        model_kwargs={"alpha": 0.25, "decoder_channels": [32, 16, 16, 8, 8]})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "tiny.pt"]

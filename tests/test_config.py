@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,25 @@ def test_cli_reports_config_errors_without_a_traceback(capsys):
 def test_shipped_recipes_load(name):
     cfg = load_config(REPO / "configs" / name)
     assert yaml.safe_load(yaml.safe_dump(to_dict(cfg)))["model"]["name"] == cfg.model.name
+
+
+@pytest.mark.parametrize("override, message", [
+    ("threads=-3", "threads=-3: expected 0 or more"),
+    ("max_steps=-5", "max_steps=-5: expected 0 or more"),
+    ("optim.batch_size=0", "optim.batch_size=0: expected 1 or more"),
+    ("data.input_size=[0, 0]", "data.input_size"),
+])
+def test_counts_out_of_range_are_refused(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
+    from personseg.cli import main
+
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("optim:\n  lr: 1e-3\n  batch_size: [4\n")
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.yaml: not valid YAML at line" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

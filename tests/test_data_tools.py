@@ -127,7 +127,8 @@ def test_download_hsd_verified_and_converted(server, tmp_path, capsys):
     assert main(["data", "download", "hsd", str(dest), "--url", server.url + "/hsd.zip"]) == 1
     assert "--overwrite" in capsys.readouterr().err
     requests = len(server.requests)
-    assert main(["data", "download", "hsd", str(dest), "--url", server.url + "/hsd.zip", "--overwrite"]) == 0
+    assert main(["data", "download", "hsd", str(dest), "--url", server.url + "/hsd.zip", "--overwrite",
+                 "--allow-unpinned"]) == 0
     assert len(server.requests) == requests  # not fetched again
     assert f"sha256 {sha256(archive)} (not verified" in capsys.readouterr().err
 
@@ -178,11 +179,44 @@ def test_checksum_mismatch_deletes_the_download(server, tmp_path, capsys):
     assert "sha256 mismatch" in capsys.readouterr().err
     assert not (dest / "images").exists() and not list((dest / "downloads").iterdir())
 
-    assert main(["data", "download", "hsd", str(dest), "--url", server.url + "/missing.zip"]) == 1
+    assert main(["data", "download", "hsd", str(dest), "--url", server.url + "/missing.zip", "--allow-unpinned"]) == 1
     assert "HTTP 404" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools under numpy 2
+def test_unpinned_downloads_are_refused_and_registry_urls_are_https(server, tmp_path, capsys):
+    from personseg.data_tools import DATASETS
+
+    assert all(f.url.startswith("https://") for d in DATASETS.values() for f in d.files)
+    server.files["/hsd.zip"] = hsd_zip()
+    dest = tmp_path / "hsd"
+    assert main(["data", "download", "hsd", str(dest), "--url", server.url + "/hsd.zip"]) == 1
+    err = capsys.readouterr().err
+    assert "no pinned sha256" in err and "--sha256" in err and "--allow-unpinned" in err
+    assert not server.requests and not dest.exists()  # refused before anything was fetched
+    assert main(["data", "download", "hsd", str(dest), "--url", server.url + "/hsd.zip", "--allow-unpinned"]) == 0
+    assert "not verified" in capsys.readouterr().err
+
+
+def test_tar_with_members_leaving_the_folder_is_refused_in_one_line(server, tmp_path, capsys):
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as t:
+        member = tarfile.TarInfo("../../escaped.txt")
+        member.size = 4
+        t.addfile(member, io.BytesIO(b"evil"))
+    server.files["/hsd.tgz"] = buffer.getvalue()
+    dest = tmp_path / "d" / "hsd"
+    assert main(["data", "download", "hsd", str(dest), "--url", server.url + "/hsd.tgz",
+                 "--sha256", sha256(buffer.getvalue())]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("personseg data download:") and "refused" in last and "escaped.txt" in last
+    assert "Traceback" not in err
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
 def test_coco_person_conversion(server, tmp_path):
     pytest.importorskip("pycocotools")
     from pycocotools import mask as mask_utils
@@ -214,7 +248,8 @@ def test_coco_person_conversion(server, tmp_path):
 
     dest = tmp_path / "coco"
     assert main(["data", "download", "coco-person", str(dest), "--url", server.url + "/val2017.zip",
-                 "--url", server.url + "/ann.zip"]) == 0
+                 "--url", server.url + "/ann.zip", "--sha256", sha256(server.files["/val2017.zip"]),
+                 "--sha256", sha256(server.files["/ann.zip"])]) == 0
     assert [p.name for p in (dest / "images").iterdir()] == ["000000000001.jpg"]
     mask = np.asarray(Image.open(dest / "masks" / "000000000001.png"))
     assert mask.shape == (40, 50) and mask[20, 15] == 255 and mask[35, 5] == 128 and mask[5, 40] == 0
