@@ -14,6 +14,7 @@ personseg must be installed on the nodes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def run_batch(inputs: list[str], outdir: str | Path, *, kinds: list[str] | None 
     started_here = not ray.is_initialized()
     if started_here:
         options = {"include_dashboard": False, "log_to_driver": False}
-        if address is None and "RAY_ADDRESS" not in __import__("os").environ:
+        if address is None and "RAY_ADDRESS" not in os.environ:
             options["num_cpus"] = workers
         ray.init(address=address, **options)
     try:

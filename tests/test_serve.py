@@ -192,7 +192,7 @@ def test_concurrent_clients_on_a_real_server_are_batched(photo_bytes):
     together (fewer model calls than images)."""
     import uvicorn
 
-    stub = StubPredictor(delay=0.05)
+    stub = StubPredictor(delay=0.3)  # long enough for the other requests to queue up, even on a busy machine
     app = create_app(stub, model_name="stub")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
