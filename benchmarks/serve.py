@@ -70,7 +70,7 @@ class Server:
         deadline = time.time() + 300
         while time.time() < deadline:
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=10).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.3)
@@ -157,7 +157,7 @@ def main() -> None:
             load(server.url, images, 4, 8, args.deadline)  # warm-up
             print(f"\nserver --max-batch {max_batch}:")
             for clients in (1, 4, 16):
-                r = load(server.url, images, clients, max(args.requests, clients * 3), args.deadline)
+                r = load(server.url, images, clients, max(args.requests, clients), args.deadline)
                 ratio = f"  ({r['per_s'] / baseline:.2f}x in-process)" if clients == 4 else ""
                 print(f"  {clients:2d} clients: {r['per_s']:.2f} images/s{ratio}, p50 {r['p50']:.0f} ms, "
                       f"p99 {r['p99']:.0f} ms, {r['done']} done, {r['errors']} errors")

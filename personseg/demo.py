@@ -157,9 +157,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def launch(demo, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 20.0, block: bool = True):
     """Start the demo's server; with block=False return at once (tests). Returns Gradio's (app, url, _)."""
+    from gradio import networking
+
+    if hasattr(networking, "url_ok"):  # Gradio's own check gives up after 3 s, too soon on a busy machine
+        networking.url_ok = _url_ok
     return demo.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb:g}mb",
                        share=False, ssr_mode=False, inbrowser=False, prevent_thread_lock=not block,
                        footer_links=[], quiet=not block)
+
+
+def _url_ok(url: str, patience_s: float = 60.0) -> bool:
+    """Whether the just-started server answers at `url` within `patience_s`."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.head(url, timeout=10).status_code < 400:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def run(args: argparse.Namespace) -> int:
