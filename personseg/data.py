@@ -89,21 +89,47 @@ def read_gray(path: Path) -> np.ndarray:
 
 
 _mask_size_reports: dict[str, int] = {}
+_screened: dict[str, list[tuple[Path, Path]]] = {}
+
+
+def screen_pairs(mask_dir: Path, pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """The pairs a loader can use, from the headers alone (once per folder): a pair whose image or mask
+    cannot be read, or whose mask has another aspect ratio than its image (`personseg data check`
+    calls that an error: resizing would stretch it), is skipped and named in a warning. Masks of the
+    same aspect ratio but another size are kept (resized when loaded) and counted in one warning."""
+    from personseg.data_tools import ASPECT_TOLERANCE  # the rule of `personseg data check`
+
+    key = str(mask_dir)
+    if key not in _mask_size_reports or key not in _screened:
+        kept, resized, skipped = [], 0, []
+        for img, mask in pairs:
+            try:
+                with Image.open(img) as a, Image.open(mask) as b:
+                    (iw, ih), (mw, mh) = a.size, b.size
+            except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+                skipped.append(f"{img.name}/{mask.name} (unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
+                continue
+            if (iw, ih) != (mw, mh) and abs((mw / mh) / (iw / ih) - 1) > ASPECT_TOLERANCE:
+                skipped.append(f"{mask.name} (mask {mw}x{mh}, image {iw}x{ih}: another aspect ratio)")
+                continue
+            resized += (iw, ih) != (mw, mh)
+            kept.append((img, mask))
+        _screened[key], _mask_size_reports[key] = kept, resized
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+            warnings.warn(f"{mask_dir.parent}: skipping {len(skipped)} of {len(pairs)} pairs: {shown}; "
+                          f"run `personseg data check {mask_dir.parent}` for the full list", stacklevel=2)
+        if resized:
+            warnings.warn(f"{mask_dir}: {resized} of {len(pairs)} masks are not the size of their image; "
+                          "resizing them to the image (nearest neighbour)", stacklevel=2)
+    usable = set(_screened[key])
+    return [pair for pair in pairs if pair in usable]
 
 
 def report_mask_sizes(mask_dir: Path, pairs: list[tuple[Path, Path]]) -> int:
-    """Count masks whose size differs from their image (headers only) and warn once per folder."""
-    key = str(mask_dir)
-    if key not in _mask_size_reports:
-        n = 0
-        for img, mask in pairs:
-            with Image.open(img) as a, Image.open(mask) as b:
-                n += a.size != b.size
-        _mask_size_reports[key] = n
-        if n:
-            warnings.warn(f"{mask_dir}: {n} of {len(pairs)} masks are not the size of their image; "
-                          "resizing them to the image (nearest neighbour)", stacklevel=2)
-    return _mask_size_reports[key]
+    """Count masks whose size differs from their image (same aspect ratio; headers only), warning once per folder."""
+    screen_pairs(mask_dir, pairs)
+    return _mask_size_reports[str(mask_dir)]
 
 
 class SegDataset(Dataset):
@@ -176,8 +202,8 @@ class FolderPairs(SegDataset):
         pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
         if len(pairs) < len(images):
             warnings.warn(f"{self.root}: {len(images) - len(pairs)} images have no mask in {mask_dir}/; skipped")
-        report_mask_sizes(self.root / mask_dir, pairs)
-        pairs = split_items(pairs, split, val_every)
+        usable = set(screen_pairs(self.root / mask_dir, pairs))
+        pairs = [pair for pair in split_items(pairs, split, val_every) if pair in usable]  # splits unmoved
         split_csv = self.root / "split.csv"
         if split == "train" and split_csv.is_file():
             with open(split_csv, newline="") as f:
@@ -617,7 +643,12 @@ def build_train_dataset(cfg: TrainConfig) -> MixedDataset | SyntheticClips:
     sources = [s for s in cfg.data.sources if s.weight > 0]
     if not sources:
         raise ValueError("data.sources: no source with weight > 0 to train on")
-    mix = MixedDataset([build_source(s, cfg, "train") for s in sources], [s.weight for s in sources])
+    datasets = [build_source(s, cfg, "train") for s in sources]
+    for src, dataset in zip(sources, datasets):
+        if len(dataset) == 0:
+            raise ValueError(f"data source {src.name} ({data_root(cfg) / src.path}): no usable training samples; "
+                             f"check it with `personseg data check`, or set data.sources weight 0 for {src.name}")
+    mix = MixedDataset(datasets, [s.weight for s in sources])
     if not cfg.data.clip_length:
         return mix
     return SyntheticClips(mix, cfg.data.clip_length, seed=cfg.seed, jitter=cfg.data.clip_jitter)

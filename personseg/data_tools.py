@@ -396,6 +396,8 @@ def check_folder(folder: str | Path, progress: bool = False) -> CheckReport:
     images, masks = _images_in(folder / "images"), _images_in(folder / "masks")
     report = CheckReport()
     add = report.findings.append
+    if not images:
+        add(Finding("error", "no images", folder / "images", "an empty data folder trains and evaluates nothing"))
     for stem in sorted(set(masks) - set(images)):
         add(Finding("error", "mask without image", masks[stem]))
     for stem in tqdm(sorted(images), unit="image", file=sys.stderr, disable=not progress or not sys.stderr.isatty()):

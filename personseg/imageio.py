@@ -59,13 +59,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise ImageReadError(path, "no such file") from None
     limit = max_pixels()
-    # Pillow refuses images over 2 * Image.MAX_IMAGE_PIXELS by itself; let a user's higher limit through.
-    if Image.MAX_IMAGE_PIXELS is not None and limit > 2 * Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below replaces it
-            im = Image.open(path)
+            # Pillow's own check (2 * Image.MAX_IMAGE_PIXELS, 178,956,970) would speak first, with its
+            # number and not ours: open the header without it, and apply `limit` before decoding.
+            pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillow_limit
         with im:
             width, height = im.size
             if width * height > limit:

@@ -151,6 +151,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"personseg segment: {message}", file=sys.stderr)
         return 2
 
+    from personseg.imageio import max_pixels
+
+    try:
+        max_pixels()  # a bad $PERSONSEG_MAX_PIXELS is a usage error, not a traceback at the first image
+    except ValueError as e:
+        return usage_error(str(e))
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        return usage_error(f"-o {args.output}: is a file, not a folder; choose a folder for the outputs")
     if args.example:
         args.inputs = [*args.inputs, str(write_example_photo(Path(args.output)))]
     if not args.inputs:
@@ -162,12 +170,23 @@ def run(args: argparse.Namespace) -> int:
             background = render.parse_background(args.background)
         except ValueError as e:
             return usage_error(f"--background: {e}")
-    try:
-        inputs = list_inputs(args.inputs, recursive=args.recursive)
-    except FileNotFoundError as e:
-        return usage_error(str(e))
+    hint = "" if args.recursive else " (add --recursive to look in subfolders)"
+    found: dict[Path, Path] = {}  # resolved -> as given
+    unusable: list[tuple[Path, str]] = []  # a missing path or an empty folder: reported, the rest done
+    for item in args.inputs:
+        try:
+            listed = list_inputs([item], recursive=args.recursive)
+        except FileNotFoundError as e:
+            unusable.append((Path(item), str(e).split(": ", 1)[-1]))
+            continue
+        if not listed:
+            unusable.append((Path(item), f"no images in this folder{hint}"))
+        for path in listed:
+            found.setdefault(path.resolve(), path)
+    inputs = sorted(found.values(), key=lambda p: str(p))
     if not inputs:
-        hint = "" if args.recursive else " (add --recursive to look in subfolders)"
+        if len(unusable) == 1:
+            return usage_error(f"{unusable[0][0]}: {unusable[0][1]}")
         return usage_error(f"no images found in {' '.join(args.inputs)}{hint}")
     try:
         predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine, tta=args.tta,
@@ -182,7 +201,9 @@ def run(args: argparse.Namespace) -> int:
     plan = {p: {k: outdir / base.with_name(base.name + OUTPUTS[k]) for k in kinds}
             for p, base in output_bases(inputs).items()}
     originals = {p.resolve() for p in inputs}
-    failures: list[tuple[Path, str]] = []
+    failures: list[tuple[Path, str]] = list(unusable)
+    for path, reason in unusable:
+        print(f"error: {path}: {reason}", file=sys.stderr)
     bar = tqdm(total=len(inputs), unit="image", file=sys.stderr,
                disable=args.quiet or len(inputs) < 2 or not sys.stderr.isatty())
 
@@ -204,6 +225,30 @@ def run(args: argparse.Namespace) -> int:
             return render.compare(rgb, alpha, threshold)
         return render.replace_background(rgb, alpha, background)
 
+    try:
+        _segment_all(args, inputs, plan, originals, predictor, render_output, fail, bar, write_image_atomic,
+                     read_image, ImageReadError)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"personseg segment: interrupted after {bar.n} of {len(inputs)} images; every image's outputs "
+              "are whole, rerun to do the rest (existing outputs are kept unless --overwrite)", file=sys.stderr)
+        return 130
+    bar.close()
+
+    done = len(inputs) - (len(failures) - len(unusable))
+    summary = f"{done} image{'s' if done != 1 else ''} segmented into {outdir}"
+    if failures:
+        listing = ", ".join(f"{path} ({reason})" for path, reason in failures)
+        print(f"{summary}, {len(failures)} failed: {listing}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(summary, file=sys.stderr)
+    return 0
+
+
+def _segment_all(args, inputs, plan, originals, predictor, render_output, fail, bar, write_image_atomic,
+                 read_image, ImageReadError) -> None:
+    """The batch loop of `run`: read, segment and write each image's outputs (all of them or none)."""
     for start in range(0, len(inputs), args.batch_size):
         batch = []
         for path in inputs[start:start + args.batch_size]:
@@ -220,21 +265,18 @@ def run(args: argparse.Namespace) -> int:
                     fail(path, e.reason)
         alphas = predictor.predict_batch([rgb for _, rgb in batch], batch_size=args.batch_size)
         for (path, rgb), alpha in zip(batch, alphas):
+            created = []  # this image's outputs that did not exist before: removed if it is not finished
             try:
                 for kind, out in plan[path].items():
+                    existed = out.exists()
                     write_image_atomic(out, render_output(kind, rgb, alpha), overwrite=args.overwrite)
+                    if not existed:
+                        created.append(out)
             except (OSError, ValueError) as e:
                 fail(path, f"cannot write the output: {e}")
                 continue
+            except BaseException:  # Ctrl-C, SIGTERM: no image is left with only some of its outputs
+                for out in created:
+                    out.unlink(missing_ok=True)
+                raise
             bar.update()
-    bar.close()
-
-    done = len(inputs) - len(failures)
-    summary = f"{done} image{'s' if done != 1 else ''} segmented into {outdir}"
-    if failures:
-        listing = ", ".join(f"{path} ({reason})" for path, reason in failures)
-        print(f"{summary}, {len(failures)} failed: {listing}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        print(summary, file=sys.stderr)
-    return 0

@@ -44,9 +44,24 @@ from personseg.models.recurrent import ClipRunner, RecurrentUNetMobileNet
 from personseg.qat import QATModel
 
 
+EPILOG = """\
+examples:
+  personseg train configs/smoke.yaml -o runs/smoke                      (a minute on a CPU: the plumbing)
+  personseg train configs/fast.yaml -o runs/fast --set optim.lr=3e-4 --set threads=1
+  personseg train configs/fast.yaml -o runs/fast --resume                (after a kill or Ctrl-C)
+  torchrun --nproc_per_node=2 -m personseg train configs/accurate.yaml -o runs/accurate
+
+exit status: 0 done; 2 a bad recipe, --set or data folder (one line naming it); 130 interrupted
+(last.pt holds the last checkpoint: continue with --resume).
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
     parser.add_argument("config", help="YAML recipe: overrides of personseg.config.TrainConfig (see configs/)")
-    parser.add_argument("--out", required=True, help="run folder for checkpoints and logs")
+    parser.add_argument("-o", "--output", "--out", dest="out", required=True, metavar="RUNDIR",
+                        help="run folder for checkpoints and logs (--out is the older spelling)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value last, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from RUNDIR/last.pt")
@@ -60,11 +75,18 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, TypeError, ValueError, OSError) as e:
         print(f"personseg train: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
+    from personseg.tempfiles import sigterm_exits
+
     try:
-        train(cfg, args.out, resume=args.resume)
+        with sigterm_exits():  # SIGTERM: the checkpoint being written is removed, as on Ctrl-C
+            train(cfg, args.out, resume=args.resume)
     except (FileNotFoundError, CheckpointError, ValueError) as e:  # missing data, model.init, encoder file...
         print(f"personseg train: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"personseg train: interrupted; {Path(args.out) / 'last.pt'} holds the last checkpoint, "
+              "continue with --resume", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -325,6 +347,11 @@ def load_training_state(path: Path, model, optimizer, scaler, rank: int, master:
     ckpt = read_checkpoint(path)
     if "extra" not in ckpt:
         raise ValueError(f"{path}: has no training state to resume from (was it written by `personseg train`?)")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}  # QATModel's too: the float names
+    if expected != {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}:
+        raise CheckpointError(f"{path}: was written with other model settings ({ckpt['arch']} "
+                              f"{ckpt.get('model_kwargs', {})}); resume with the run's own config, or train "
+                              "into a new --out folder")
     model.load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["extra"]["optimizer"])
     scaler.load_state_dict(ckpt["extra"]["scaler"])
@@ -335,10 +362,19 @@ def load_training_state(path: Path, model, optimizer, scaler, rank: int, master:
         for name in ("log.jsonl", "metrics.jsonl"):
             if (path.parent / name).is_file():
                 lines = (path.parent / name).read_text().splitlines()
-                kept = [line for line in lines if json.loads(line)["step"] <= state["step"]]
+                kept = [line for line in lines if _logged_step(path.parent / name, line) <= state["step"]]
                 (path.parent / name).write_text("".join(line + "\n" for line in kept))
         tqdm.write(f"resuming {path} at step {state['step']}")
     return state
+
+
+def _logged_step(path: Path, line: str) -> float:
+    """The step of a log line; a torn line (a kill mid-write) counts as past the checkpoint, so it is dropped."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        tqdm.write(f"{path}: dropping an unreadable line (torn by a kill?): {line[:60]!r}")
+        return math.inf
 
 
 def train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:

@@ -312,3 +312,39 @@ def test_build_datasets_from_config(data_dir):
         full_train = data.build_source(cfg.data.sources[[s.name for s in cfg.data.sources].index(name)],
                                        load_config(None, [f"data.root={data_dir}"]), "train")
         assert not {p.stem for p, _ in full_train.pairs} & {p.stem for p, _ in val[name].pairs}
+
+
+# ------------------------------------------------------------------------- hostile inputs (issue 13)
+
+def hostile_folder(root):
+    """images/ + masks/: three good pairs, a corrupt image, a mask of another aspect ratio, one resized."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name, mask_size in [("a", (60, 40)), ("b", (30, 20)), ("c", (60, 40)), ("d", (60, 40)), ("e", (40, 40))]:
+        Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(root / "images" / f"{name}.jpg")
+        Image.fromarray(np.full(mask_size[::-1], 255, np.uint8)).save(root / "masks" / f"{name}.png")
+    (root / "images" / "d.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def test_corrupt_and_stretched_pairs_are_skipped_and_named(tmp_path):
+    root = hostile_folder(tmp_path / "hostile")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train, val = FolderPairs(root, "train", SIZE), FolderPairs(root, "val", SIZE)
+    names = sorted(p.stem for p, _ in train.pairs + val.pairs)
+    assert names == ["a", "b", "c"]
+    message = next(str(w.message) for w in caught if "skipping" in str(w.message))
+    assert "d.jpg" in message and "unreadable" in message and "e.png" in message and "aspect ratio" in message
+    assert train[0]["mask"].shape[-2:] == (SIZE[1], SIZE[0])
+
+
+def test_an_empty_training_folder_is_named_before_training(tmp_path):
+    from personseg.data import build_train_dataset
+
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "masks").mkdir()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  root: {tmp_path}\n  sources:\n    - {{name: empty, kind: folder, path: empty}}\n")
+    with pytest.raises(ValueError, match="data source empty .*no usable training samples"):
+        build_train_dataset(load_config(recipe, ["data.samples_per_epoch=100"]))

@@ -310,3 +310,10 @@ def test_check_reports_planted_problems(tmp_path, capsys):
     assert main(["data", "check", str(folder), "--quiet"]) == 0  # warnings only
 
     assert main(["data", "check", str(tmp_path / "nothing")]) == 2
+
+
+def test_check_of_an_empty_folder_is_an_error(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    assert main(["data", "check", str(tmp_path)]) == 1
+    assert "no images" in capsys.readouterr().out

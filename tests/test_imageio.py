@@ -133,3 +133,26 @@ def test_list_inputs(tmp_path):
         list_inputs([str(tmp_path / "nope.jpg")])
     with pytest.raises(FileNotFoundError, match="no files match"):
         list_inputs([str(tmp_path / "*.gif")])
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG of width x height (8-bit RGB) with almost no pixel data: its header opens, it never decodes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_huge_image_is_refused_with_our_limit_not_pillows(tmp_path, monkeypatch):
+    monkeypatch.delenv("PERSONSEG_MAX_PIXELS", raising=False)
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header(20000, 20000))
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert "100,000,000" in message and "PERSONSEG_MAX_PIXELS=400000000" in message
+    assert "178,956,970" not in message and "178956970" not in message

@@ -158,3 +158,63 @@ def test_help_lists_every_option():
     for option in ["--output", "--save", "--background", "--threshold", "--no-refine", "--model", "--tta", "--keep",
                    "--device", "--batch-size", "--recursive", "--overwrite", "--quiet", "examples:"]:
         assert option in result.stdout
+
+
+# ------------------------------------------------------------------------- hostile inputs (issue 13)
+
+@pytest.fixture
+def two_pictures(tmp_path):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(folder / f"{name}.png")
+    return folder
+
+
+def test_output_that_is_a_file_is_refused_before_any_work(two_pictures, tmp_path, segment, monkeypatch):
+    import personseg
+
+    target = tmp_path / "out.txt"
+    target.write_text("keep")
+    monkeypatch.setattr(personseg, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    code, err = segment(two_pictures, "-o", target)
+    assert code == 2 and "out.txt" in err and "not a folder" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "keep"
+
+
+def test_bad_max_pixels_setting_is_a_usage_error(two_pictures, tmp_path, segment, monkeypatch):
+    monkeypatch.setenv("PERSONSEG_MAX_PIXELS", "abc")
+    code, err = segment(two_pictures, "-o", tmp_path / "out")
+    assert code == 2 and "PERSONSEG_MAX_PIXELS='abc'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_mid_image_leaves_whole_images_and_exits_130(two_pictures, tmp_path, segment, monkeypatch):
+    from personseg import imageio
+
+    real, calls = imageio.write_image_atomic, []
+
+    def interrupting(path, image, overwrite=False):
+        calls.append(path)
+        if len(calls) == 4:  # a.png's two outputs, b.png's first written, then its second
+            raise KeyboardInterrupt
+        return real(path, image, overwrite)
+
+    monkeypatch.setattr(imageio, "write_image_atomic", interrupting)
+    out = tmp_path / "out"
+    code, err = segment(two_pictures, "-o", out, "--save", "mask,cutout")
+    assert code == 130 and "interrupted" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a_cutout.png", "a_mask.png"]
+    monkeypatch.setattr(imageio, "write_image_atomic", real)
+    code, err = segment(two_pictures, "-o", out, "--save", "mask,cutout")  # a plain rerun finishes b
+    assert code == 1 and "a_mask.png already exists" in err and (out / "b_mask.png").exists()
+
+
+def test_missing_path_and_empty_folder_are_reported_and_the_rest_done(two_pictures, tmp_path, segment):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    code, err = segment(two_pictures, tmp_path / "missing.jpg", tmp_path / "empty", "-o", out, "--save", "mask")
+    assert code == 1 and (out / "a_mask.png").is_file() and (out / "b_mask.png").is_file()
+    lines = err.strip().splitlines()
+    assert any(line.startswith("error:") and "missing.jpg" in line for line in lines), err
+    assert any(line.startswith("error:") and "empty" in line and "no images" in line for line in lines), err
+    assert lines[-1].startswith("2 images segmented") and "2 failed" in lines[-1]

@@ -166,3 +166,58 @@ def test_ddp_two_cpu_ranks_agree_with_one_process(data_dir, tmp_path):
     for source in single:
         for k, v in single[source].items():
             assert v == pytest.approx(ddp_metrics[source][k], abs=1e-6, nan_ok=True), (source, k)
+
+
+# ------------------------------------------------------------------------- hostile inputs (issue 13)
+
+def tiny_run(tmp_path, kwargs=None):
+    """A run folder with a resumable last.pt of a tiny model (no data needed) and its model."""
+    from personseg.checkpoint import save_checkpoint
+    from personseg.models import create_model
+
+    kwargs = kwargs or {"alpha": 0.35}
+    model = create_model("unet_mobilenet_v2", **kwargs)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    extra = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": [rng_state()],
+             "state": {"step": 4}, "world_size": 1}
+    save_checkpoint(tmp_path / "last.pt", model, arch="unet_mobilenet_v2", model_kwargs=kwargs, extra=extra)
+    return model, optimizer, scaler
+
+
+def test_resume_drops_a_torn_log_line_and_refuses_other_model_settings(tmp_path):
+    from personseg.checkpoint import CheckpointError
+    from personseg.models import create_model
+    from personseg.train import load_training_state
+
+    model, optimizer, scaler = tiny_run(tmp_path)
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (2, 4)]
+    (tmp_path / "log.jsonl").write_text("\n".join(lines) + '\n{"step": 6, "lo')  # killed mid-write
+    assert load_training_state(tmp_path / "last.pt", model, optimizer, scaler, 0, True)["step"] == 4
+    assert [r["step"] for r in read_jsonl(tmp_path / "log.jsonl")] == [2, 4]
+    other = create_model("unet_mobilenet_v2", alpha=0.5)
+    with pytest.raises(CheckpointError, match="other model settings") as error:
+        load_training_state(tmp_path / "last.pt", other, torch.optim.AdamW(other.parameters()), scaler, 0, True)
+    assert "last.pt" in str(error.value)
+
+
+def test_ctrl_c_in_train_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import personseg.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    assert main(["train", str(SMOKE), "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "--resume" in err
+
+
+def test_train_help_has_examples_and_the_shared_output_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "-o RUNDIR, --output RUNDIR, --out RUNDIR" in text
+    for line in text.split("examples:")[1].splitlines():
+        if line.strip().startswith("personseg train"):
+            assert (REPO / line.split()[2]).is_file(), line  # every example names a recipe that exists
