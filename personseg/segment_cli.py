@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image files, folders (their jpg/jpeg/png/bmp/tif/tiff/webp/gif files) or glob patterns")
     parser.add_argument("--example", action="store_true",
                         help="also segment a real example photo (scikit-image's public-domain astronaut, "
-                             "shipped in the package, copied to OUTDIR/astronaut.jpg first)")
+                             "from scikit-image, written to OUTDIR/astronaut.png first)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                         help="folder for the outputs (created if missing)")
     parser.add_argument("--save", type=_save_kinds, action="append", metavar="KINDS",
@@ -122,18 +122,22 @@ def output_bases(inputs: list[Path]) -> dict[Path, Path]:
             for p, b in bases.items()}
 
 
-EXAMPLE_PHOTO = Path(__file__).parent / "examples" / "astronaut.jpg"
-
-
 def write_example_photo(outdir: Path) -> Path:
-    """The example photo that ships in the package, scikit-image's astronaut (Eileen Collins, NASA,
-    public domain), copied to OUTDIR/astronaut.jpg."""
-    path = outdir / EXAMPLE_PHOTO.name
+    """scikit-image's astronaut (Eileen Collins, NASA, public domain), written to OUTDIR/astronaut.png
+    (atomically, kept if there). Raises ImportError with the install line when scikit-image is missing."""
+    from PIL import Image
+
+    try:
+        from skimage import data
+    except ImportError as e:
+        raise ImportError("--example reads scikit-image's public-domain astronaut: pip install scikit-image "
+                          "(or give a photo of your own as INPUT)") from e
+    path = outdir / "astronaut.png"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
         try:
-            temp.write_bytes(EXAMPLE_PHOTO.read_bytes())
+            Image.fromarray(data.astronaut()).save(temp)
             os.replace(temp, path)  # atomic: a reader never sees half a photo
         finally:
             temp.unlink(missing_ok=True)
@@ -160,7 +164,10 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.output).exists() and not Path(args.output).is_dir():
         return usage_error(f"-o {args.output}: is a file, not a folder; choose a folder for the outputs")
     if args.example:
-        args.inputs = [*args.inputs, str(write_example_photo(Path(args.output)))]
+        try:
+            args.inputs = [*args.inputs, str(write_example_photo(Path(args.output)))]
+        except ImportError as e:
+            return usage_error(str(e))
     if not args.inputs:
         return usage_error("give at least one INPUT (or --example)")
     kinds = list(dict.fromkeys(k for group in args.save or [DEFAULT_SAVE] for k in group))

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from personseg.segment_cli import write_example_photo
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A meta-path finder that refuses the train extra's packages, installed before anything is imported.
@@ -43,15 +45,15 @@ def test_the_blocker_blocks():
 
 
 @needs_onnx
-def test_load_and_predict_without_torch():
+def test_load_and_predict_without_torch(tmp_path):
+    photo = write_example_photo(tmp_path)  # scikit-image is blocked in the subprocess, not here
     result = run_without_torch("""
         import sys
         import numpy as np
         import personseg
         from personseg.imageio import read_image
-        from personseg.segment_cli import EXAMPLE_PHOTO
 
-        rgb = read_image(EXAMPLE_PHOTO)
+        rgb = read_image(sys.argv[1])
         for name in (None, "fast"):
             seg = personseg.load(name)
             alpha = seg.predict(rgb)
@@ -62,7 +64,7 @@ def test_load_and_predict_without_torch():
             assert seg.backend == "onnx"
         assert "torch" not in sys.modules
         print("ok")
-    """)
+    """, str(photo))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
 
@@ -70,7 +72,8 @@ def test_load_and_predict_without_torch():
 @needs_onnx
 def test_segment_cli_without_torch(tmp_path, data_dir):
     photo = next((data_dir / "portraits" / "images").glob("*.jpg"))
-    result = run_without_torch(CLI, "segment", str(photo), "--example", "-o", str(tmp_path / "out"),
+    example = write_example_photo(tmp_path / "in")
+    result = run_without_torch(CLI, "segment", str(photo), str(example), "-o", str(tmp_path / "out"),
                                "--save", "mask,cutout")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / f"{photo.stem}_mask.png").is_file()
@@ -105,7 +108,9 @@ def test_a_command_needing_torch_names_the_extra(tmp_path):
 
 
 def test_a_pt_checkpoint_without_torch_names_the_extra(tiny_checkpoint, tmp_path):
-    result = run_without_torch(CLI, "segment", "--example", "-o", str(tmp_path), "--model", str(tiny_checkpoint))
+    photo = write_example_photo(tmp_path / "in")
+    result = run_without_torch(CLI, "segment", str(photo), "-o", str(tmp_path / "out"), "--model",
+                               str(tiny_checkpoint))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and 'pip install "personseg[train]"' in lines[0], result.stderr
