@@ -22,23 +22,6 @@ from personseg.cli import positive_int, threshold
 from personseg.segment_cli import DEFAULT_SAVE, OUTPUTS, _save_kinds, output_bases
 
 
-def render_output(kind: str, rgb, alpha, threshold: float, background):
-    """The picture `personseg segment --save KIND` writes."""
-    from personseg import render
-
-    if kind == "mask":
-        return render.mask(alpha, threshold)
-    if kind == "alpha":
-        return render.soft_alpha(alpha)
-    if kind == "cutout":
-        return render.cutout(rgb, alpha)
-    if kind == "overlay":
-        return render.overlay(rgb, alpha, threshold)
-    if kind == "compare":
-        return render.compare(rgb, alpha, threshold)
-    return render.replace_background(rgb, alpha, background)
-
-
 def plan(inputs: list[Path], outdir: Path, kinds: list[str]) -> dict[Path, dict[str, Path]]:
     """Input -> {kind: output path}, named as `personseg segment` names them."""
     return {p: {k: outdir / base.with_name(base.name + OUTPUTS[k]) for k in kinds}
@@ -63,6 +46,7 @@ class Segmenter:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
+        from personseg import render
         from personseg.imageio import ImageReadError, read_image, write_image_atomic
 
         paths, errors, todo = [str(p) for p in batch["path"]], [], []
@@ -78,7 +62,7 @@ class Segmenter:
             try:
                 for kind, out in outputs.items():
                     if self.overwrite or not Path(out).exists():
-                        image = render_output(kind, rgb, alpha, self.predictor.threshold, self.background)
+                        image = render.output(kind, rgb, alpha, self.predictor.threshold, self.background)
                         write_image_atomic(out, image, overwrite=self.overwrite)
             except (OSError, ValueError) as e:
                 errors[i] = f"cannot write the output: {e}"

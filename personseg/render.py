@@ -145,3 +145,19 @@ def parse_background(value: str) -> Background:
         f"background {value!r} is not 'blur', a colour (#RRGGBB, R,G,B or one of {', '.join(COLORS)}) "
         "or an existing image file"
     )
+
+
+def output(kind: str, rgb: np.ndarray, alpha: np.ndarray, threshold: float, background: Background = None) -> np.ndarray:
+    """The picture of one output kind (`personseg segment --save KIND`, the server's `output=`, the Ray job):
+    mask, alpha, cutout, overlay, compare, or background (replaced by `background`)."""
+    if kind == "mask":
+        return mask(alpha, threshold)
+    if kind == "alpha":
+        return soft_alpha(alpha)
+    if kind == "cutout":
+        return cutout(rgb, alpha)
+    if kind == "overlay":
+        return overlay(rgb, alpha, threshold)
+    if kind == "compare":
+        return compare(rgb, alpha, threshold)
+    return replace_background(rgb, alpha, background)

@@ -220,17 +220,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update()
 
     def render_output(kind: str, rgb, alpha):
-        if kind == "mask":
-            return render.mask(alpha, threshold)
-        if kind == "alpha":
-            return render.soft_alpha(alpha)
-        if kind == "cutout":
-            return render.cutout(rgb, alpha)
-        if kind == "overlay":
-            return render.overlay(rgb, alpha, threshold)
-        if kind == "compare":
-            return render.compare(rgb, alpha, threshold)
-        return render.replace_background(rgb, alpha, background)
+        return render.output(kind, rgb, alpha, threshold, background)
 
     try:
         _segment_all(args, inputs, plan, originals, predictor, render_output, fail, bar, write_image_atomic,

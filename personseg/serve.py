@@ -174,16 +174,6 @@ def parse_background(value: str) -> render.Background:
     return background
 
 
-def render_output(kind: str, rgb: np.ndarray, alpha: np.ndarray, threshold: float, background) -> np.ndarray:
-    if kind == "mask":
-        return render.mask(alpha, threshold)
-    if kind == "alpha":
-        return render.soft_alpha(alpha)
-    if kind == "cutout":
-        return render.cutout(rgb, alpha)
-    return render.replace_background(rgb, alpha, background)
-
-
 # ------------------------------------------------------------------------------------------ the app
 
 def create_app(predictor, *, model_name: str = "model", limits: Limits | None = None, max_batch: int = 8):
@@ -271,7 +261,7 @@ def create_app(predictor, *, model_name: str = "model", limits: Limits | None = 
             future.cancel()
             raise RequestError(504, f"{name}: not done within the server's limit of {limits.timeout_s:g} s") from None
         t = predictor.threshold if threshold is None else threshold
-        image = await run_in_threadpool(render_output, output, rgb, alpha, t, background)
+        image = await run_in_threadpool(render.output, output, rgb, alpha, t, background)
         png = await run_in_threadpool(encode_png, image)
         meta = {"name": name, "width": rgb.shape[1], "height": rgb.shape[0], "output": output,
                 "model": model_name, "threshold": t, "person_fraction": round(float((alpha >= t).mean()), 6),
