@@ -1,11 +1,15 @@
 """Train every architecture the same way for the same time, then one table (issue: the default models).
 
     python benchmarks/architectures.py --budget 10 --out runs/compare [--only NAME ...]
+    python benchmarks/architectures.py --config configs/compare_wild.yaml --budget 20 --out runs/compare_wild \
+        --only hybrid_mobilenet_v2_pretrained unet_mobilenet_v2_pretrained deeplabv3plus_pretrained
 
-Each entry trains with configs/compare.yaml (the seed recipe, the shipped model's data mix) for
+Each entry trains with --config (default configs/compare.yaml: the seed recipe and the first shipped
+models' data mix; configs/compare_wild.yaml: the in-the-wild mix of issue 18) for
 `--budget` minutes of training time on one math thread (evaluations excluded), from random
 initialisation unless it says `pretrained`, then scores the full validation split of every source
-(letterboxed to 320x180, as in training). A finished run is reused, so the script can be resumed.
+(letterboxed to 320x180, as in training, threshold 0.5). A person-free source (negatives) has no IoU: its
+column is the share of its pixels called person. A finished run is reused, so the script can be resumed.
 The table adds parameters, GFLOPs (one multiply-add = two FLOPs) and eager ms per 320x180 frame
 measured in this run (channels_last, batch 1, --threads), and the steps each model reached.
 """
@@ -30,17 +34,25 @@ ENTRIES = {  # run name -> (model, kwargs); the pretrained-vs-scratch pair first
     "unet_mobilenet_v3_0.3": ("unet_mobilenet_v3", {"alpha": 0.3}),
     "unet_mobilenet_v1": ("unet_mobilenet_v1", {"alpha": 1.0}),
     "deeplabv3plus": ("deeplabv3plus", {}),
+    "deeplabv3plus_pretrained": ("deeplabv3plus", {"encoder_weights": PRETRAINED_V2}),
+    "hybrid_mobilenet_v2_pretrained": ("hybrid_mobilenet_v2", {"encoder_weights": PRETRAINED_V2}),
     "unet": ("unet", {}),
 }
 COLUMNS = ("iou", "dice", "precision", "recall", "auroc")
+PERSON_FREE = {"negatives"}  # sources whose masks are empty: IoU is 0 whatever the model does
 
 
-def train(name: str, out: Path, budget: float) -> dict:
+def score(m: dict, source: str) -> str:
+    """IoU, or for a person-free source the share of its pixels called person (1 - accuracy)."""
+    return f"{1 - m['accuracy']:.2%}" if source in PERSON_FREE else f"{m['iou']:.4f}"
+
+
+def train(name: str, out: Path, budget: float, config: Path) -> dict:
     run = out / name
     metrics_file = run / "metrics.jsonl"
     if not metrics_file.is_file():
         model, kwargs = ENTRIES[name]
-        cmd = [sys.executable, "-m", "personseg", "train", "configs/compare.yaml", "--out", str(run),
+        cmd = [sys.executable, "-m", "personseg", "train", str(config), "--out", str(run),
                "--set", f"model.name={model}", "--set", f"model.kwargs={json.dumps(kwargs)}",
                "--set", f"time_budget={budget}"]
         print(" ".join(cmd), flush=True)
@@ -53,23 +65,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, default=10.0, help="minutes of training per model")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    parser.add_argument("--config", type=Path, default=Path("configs/compare.yaml"), help="the shared recipe")
     parser.add_argument("--only", nargs="*", choices=list(ENTRIES), help="a subset of the entries")
     parser.add_argument("--threads", type=int, default=1, help="threads for the latency column")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.only or list(ENTRIES)
-    results = {name: train(name, args.out, args.budget) for name in names}
+    results = {name: train(name, args.out, args.budget, args.config) for name in names}
     torch.set_num_threads(args.threads)
     sources = list(next(iter(results.values()))["metrics"])
-    print(f"\n{args.budget:g} min of training each (one thread, evaluations excluded), 320x180, seed recipe; "
+    print(f"\n{args.budget:g} min of training each (one thread, evaluations excluded), 320x180, recipe {args.config}; "
           f"validation split letterboxed to 320x180; latency eager, batch 1, {args.threads} thread(s)")
-    print("| model | params (M) | GFLOPs | ms/frame | steps | " + " | ".join(f"{s} IoU" for s in sources) + " |")
+    print("| model | params (M) | GFLOPs | ms/frame | steps | " + " | ".join(f"{s} {'called person' if s in PERSON_FREE else 'IoU'}" for s in sources) + " |")
     print("|---" * (5 + len(sources)) + "|")
     for name, r in results.items():
         model, kwargs = ENTRIES[name]
         kwargs = {k: v for k, v in kwargs.items() if k != "encoder_weights"}
         cost = measure(model, kwargs, (320, 180), runs=10)
-        ious = " | ".join(f"{r['metrics'][s]['iou']:.4f}" for s in sources)
+        ious = " | ".join(score(r["metrics"][s], s) for s in sources)
         print(f"| {name} | {cost['params_m']:.2f} | {cost['gflops']:.2f} | {cost['ms']:.1f} | {r['step']} | {ious} |")
     print("\nper source (pooled = all validation pixels):")
     print("| model | source | " + " | ".join(COLUMNS) + " |")

@@ -24,6 +24,7 @@ CONFIGS = [
     ("unet_mobilenet_v3", {"alpha": 0.3}),
     ("unet_mobilenet_v3", {"alpha": 1.0}),
     ("deeplabv3plus", {}),
+    ("hybrid_mobilenet_v2", {}),
     ("unet", {}),
     ("recurrent_unet_mobilenet_v2", {"alpha": 1.0}),
     ("recurrent_unet_mobilenet_v3", {"alpha": 0.3}),

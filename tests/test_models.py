@@ -79,6 +79,7 @@ def test_encoder_strides():
     ("unet_mobilenet_v2", {}, "mobilenetv2_1.0_imagenet_bnfolded.pth"),
     ("unet_mobilenet_v1", {"alpha": 0.25}, "mobilenetv1_0.25_imagenet.pth.tar"),
     ("deeplabv3plus", {}, "mobilenetv2_1.0_imagenet_bnfolded.pth"),
+    ("hybrid_mobilenet_v2", {}, "mobilenetv2_1.0_imagenet_bnfolded.pth"),
 ])
 def test_pretrained_encoder_weights_load(pretrained_dir, name, kwargs, file):
     path = pretrained_dir / file
@@ -109,3 +110,33 @@ def test_pretrained_weights_with_wrong_alpha_give_a_clear_error(pretrained_dir):
     with pytest.raises(ValueError, match="alpha"):
         create_model("unet_mobilenet_v2", alpha=0.5,
                      encoder_weights=str(pretrained_dir / "mobilenetv2_1.0_imagenet_bnfolded.pth"))
+
+
+def test_hybrid_positions_resize_to_a_map_they_were_not_built_for():
+    from personseg.models.hybrid import GlobalContext
+    torch.manual_seed(0)
+    block = GlobalContext(channels=32, dim=16, depth=1, grid=4).eval()
+    with torch.no_grad():
+        for h, w in [(4, 4), (3, 7), (9, 5)]:  # the grid's own size, smaller, larger
+            x = torch.randn(2, 32, h, w)
+            y = block(x)
+            assert y.shape == x.shape and torch.isfinite(y).all()
+        # attention is global: changing one corner pixel changes the output at the opposite corner
+        x = torch.randn(1, 32, 9, 5)
+        x2 = x.clone()
+        x2[..., 0, 0] += 5.0
+        assert (block(x2) - block(x))[..., -1, -1].abs().max() > 1e-4
+
+
+def test_hybrid_attention_matches_torch_multihead_attention():
+    from personseg.models.hybrid import SelfAttention
+    torch.manual_seed(0)
+    ours = SelfAttention(dim=16, heads=4).eval()
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.qkv.weight)
+        ref.in_proj_bias.copy_(ours.qkv.bias)
+        ref.out_proj.weight.copy_(ours.proj.weight)
+        ref.out_proj.bias.copy_(ours.proj.bias)
+        x = torch.randn(2, 11, 16)
+        torch.testing.assert_close(ours(x), ref(x, x, x, need_weights=False)[0], atol=1e-5, rtol=1e-5)

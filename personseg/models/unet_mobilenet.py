@@ -67,9 +67,13 @@ class UNetMobileNet(nn.Module):
         if encoder_weights:
             load_encoder_weights(self.encoder, encoder, alpha, encoder_weights)
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The decoder's inputs, shallow to deep (the hybrid model attends over the deepest two)."""
+        return self.encoder(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (h, w) = pad_to_multiple(x, self.stride)
-        logits = self.head(self.decoder(self.encoder(x)))
+        logits = self.head(self.decoder(self.features(x)))
         return logits[..., :h, :w]
 
 
