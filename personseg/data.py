@@ -7,9 +7,9 @@
     sample["sdm"]     (1, H, W) float signed distance map, only when `with_sdm` (boundary loss is on)
     sample["name"], sample["source"]  str
 
-Validation split (fixed): the files of a folder are sorted by name and every 10th one (the 10th,
-20th, ... file: index % 10 == 9) is validation, never trained on. Composites apply the rule to the
-cut-outs and to the backgrounds; COCO applies it to the images sorted by file name.
+Splits and mask values: `personseg.folders`, the data-folder contract (every 10th file is validation,
+index % 10 == 4 held back, mask 128 = don't-care). Composites apply the split rule to the cut-outs and
+to the backgrounds; COCO applies it to the images sorted by file name.
 
 Orientation: training batches come out at `input_size` (W, H) or, for a share of batches
 (`data.tall_share`), transposed to (H, W): portraits and full-body photos are taller than wide, and
@@ -24,7 +24,6 @@ same data as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import math
 import warnings
@@ -41,43 +40,15 @@ from torch.utils.data import Dataset, Sampler
 from personseg.augment import apply_augment, build_augment, letterbox
 from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from personseg.config import SourceConfig, TrainConfig, data_root
+from personseg.folders import VAL_EVERY, decode_mask, list_images, list_pairs, split_items  # noqa: F401 (re-exported)
 from personseg.losses import signed_distance_map
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-VAL_EVERY = 10
-
-
-SPLITS = ("train", "val", "holdout")
-
-
-def split_of(index: int, val_every: int = VAL_EVERY) -> str:
-    """The split rule: index % val_every == val_every - 1 is validation, index % val_every == 4 (the
-    middle of each block of ten) is the held-back split that no training, checkpoint, threshold or
-    recipe choice looks at (the model card's final figures), every other index trains."""
-    if index % val_every == val_every - 1:
-        return "val"
-    return "holdout" if val_every > 5 and index % val_every == 4 else "train"
-
-
-def split_items(items: list, split: str, val_every: int = VAL_EVERY) -> list:
-    """The split rule (`split_of`) on an already sorted list."""
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}: use one of {', '.join(SPLITS)}")
-    return [x for i, x in enumerate(items) if split_of(i, val_every) == split]
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files of `folder` sorted by name (hidden files such as .DS_Store skipped)."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder; check data.root / $PERSONSEG_DATA and the source path")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
-
 
 def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB; grayscale files are expanded to three channels."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise OSError(f"{path}: cannot decode image")
+    if img is None:  # a format OpenCV does not read (GIF): the package's reader, with EXIF orientation
+        from personseg.imageio import read_image
+        return read_image(path)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -185,11 +156,10 @@ def normalize(image: np.ndarray) -> torch.Tensor:
 
 
 class FolderPairs(SegDataset):
-    """`root/images/*` with `root/masks/<stem>.png` (0 = background, >127 = person).
-
-    Masks of another size are resized to their image (nearest), with one warning per folder.
-    Empty masks are valid samples (no person). If `root/split.csv` (name,split) exists, files not
-    marked `train` are never trained on (portraits: 51 rows marked `none`)."""
+    """A data folder (`personseg.folders`): `root/images/*` with `root/masks/<stem>.png`, 255 person,
+    0 background, 128 don't-care (valid = 0). Masks of another size are resized to their image
+    (nearest), with one warning per folder. Empty masks are valid samples (no person). Files that
+    `root/split.csv` marks other than `train` are never trained on (portraits: 51 rows marked `none`)."""
 
     def __init__(self, root: str | Path, split: str = "train", size: tuple[int, int] = (320, 180),
                  augment: str = "none", limit: int = 0, val_every: int = VAL_EVERY, seed: int = 0,
@@ -197,18 +167,11 @@ class FolderPairs(SegDataset):
                  orient_val: bool = False):
         self.root = Path(root)
         super().__init__(source or self.root.name, size, augment, seed, with_sdm, orient_val)
-        masks = {p.stem: p for p in list_images(self.root / mask_dir)}
-        images = list_images(self.root / "images")
-        pairs = [(p, masks[p.stem]) for p in images if p.stem in masks]
-        if len(pairs) < len(images):
-            warnings.warn(f"{self.root}: {len(images) - len(pairs)} images have no mask in {mask_dir}/; skipped")
+        pairs, unpaired = list_pairs(self.root, None, val_every, mask_dir)
+        if unpaired:
+            warnings.warn(f"{self.root}: {len(unpaired)} images have no mask in {mask_dir}/; skipped")
         usable = set(screen_pairs(self.root / mask_dir, pairs))
-        pairs = [pair for pair in split_items(pairs, split, val_every) if pair in usable]  # splits unmoved
-        split_csv = self.root / "split.csv"
-        if split == "train" and split_csv.is_file():
-            with open(split_csv, newline="") as f:
-                marked = {row["name"]: row["split"] for row in csv.DictReader(f)}
-            pairs = [pair for pair in pairs if marked.get(pair[0].stem, "train") == "train"]
+        pairs = [pair for pair in list_pairs(self.root, split, val_every, mask_dir)[0] if pair in usable]
         self.pairs = pairs[:limit] if limit else pairs
 
     def __len__(self) -> int:
@@ -217,10 +180,11 @@ class FolderPairs(SegDataset):
     def load(self, i: int, seed: int) -> dict[str, Any]:
         img_path, mask_path = self.pairs[i]
         image = read_rgb(img_path)
-        mask = (read_gray(mask_path) > 127).astype(np.uint8)
-        if mask.shape != image.shape[:2]:
-            mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST_EXACT)
-        return {"image": image, "mask": mask, "name": img_path.stem}
+        gray = read_gray(mask_path)
+        if gray.shape != image.shape[:2]:
+            gray = cv2.resize(gray, image.shape[1::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+        mask, valid = decode_mask(gray)
+        return {"image": image, "mask": mask, "valid": valid, "name": img_path.stem}
 
 
 class LabelMaps(SegDataset):

@@ -40,11 +40,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from personseg.imageio import IMAGE_EXTENSIONS, ImageReadError, read_image, write_image_atomic
+from personseg.folders import IGNORE, list_images
+from personseg.imageio import ImageReadError, read_image, write_image_atomic
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
-IGNORE = 128
 ASPECT_TOLERANCE = 0.02  # relative; hsd's resized masks are off by under 1%
 
 
@@ -178,8 +178,7 @@ def _find_dir(root: Path, name: str) -> Path:
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir())
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")}
+    return {p.stem: p for p in list_images(folder)}
 
 
 def _read_mask_layer(path: Path) -> np.ndarray:

@@ -8,7 +8,7 @@ same way: person = the union of the person instances, `iscrowd` regions not cove
 exactly as training reads it (`personseg.data.CocoPersons`).
 
 Split: "val" is the training loop's validation split and "holdout" the held-back split that no
-training or model choice looks at, both taken from `personseg.data` (`split_items`) so they cannot
+training or model choice looks at, both taken from `personseg.folders` (the data-folder contract) so they cannot
 drift apart from training: the folder's image/mask pairs sorted by name (COCO: the images with a
 person, sorted by file name), index % 10 == 9 is val, index % 10 == 4 holdout. Images without a mask
 belong to no split there; here they are skipped under a split and reported as errors under "all".
@@ -43,12 +43,13 @@ import cv2
 import numpy as np
 import torch
 
-from personseg.cli import nonnegative_int, threshold
+from personseg import folders
+from personseg.cli import nonnegative_int, positive_int, threshold
+from personseg.folders import IGNORE, VAL_EVERY, decode_mask
 from personseg.imageio import ImageReadError, read_image, write_image_atomic
 from personseg.metrics import BinaryMetrics, per_image_stats, precision_recall_curve
 from personseg.predict import KEEP
 
-IGNORE = 128  # mask value for pixels that count neither way
 SPLITS = ("val", "holdout", "train", "all")
 CSV_COLUMNS = ["folder", "file", "iou", "dice", "precision", "recall", "ms", "person_share"]
 OVER_SHARE = 0.05  # a person-free photo with more than this share of pixels called person counts in over_5pct
@@ -63,11 +64,11 @@ PANEL_HEIGHT = 240
 # Data
 
 
-def list_pairs(folder: str | Path, split: str = "val", limit: int | None = None) -> list[tuple[Path, Path | None]]:
+def list_pairs(folder: str | Path, split: str = "val", limit: int | None = None,
+               val_every: int = VAL_EVERY) -> list[tuple[Path, Path | None]]:
     """(image, mask) of `folder` in `split`, in name order, at most `limit`; under "all", images without
-    a mask come with None. Files are listed and split exactly as the training data loader does."""
-    from personseg.data import list_images, split_items
-
+    a mask come with None. The data-folder contract (`personseg.folders`) lists and splits them, as
+    for the training data loader."""
     folder = Path(folder)
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
@@ -75,12 +76,11 @@ def list_pairs(folder: str | Path, split: str = "val", limit: int | None = None)
         if not (folder / sub).is_dir():
             raise FileNotFoundError(f"{folder}: no {sub}/ folder; a data folder holds images/ and masks/ "
                                     "(personseg data check tells what is wrong with one)")
-    images = list_images(folder / "images")
-    masks = {p.stem: p for p in list_images(folder / "masks")}
     if split != "all":
-        pairs = split_items([(p, masks[p.stem]) for p in images if p.stem in masks], split)
+        pairs = folders.list_pairs(folder, split, val_every)[0]
     else:
-        pairs = [(p, masks.get(p.stem)) for p in images]
+        pairs, unpaired = folders.list_pairs(folder)
+        pairs = sorted(pairs + [(p, None) for p in unpaired], key=lambda pair: pair[0])
     return pairs[:limit] if limit else pairs
 
 
@@ -98,7 +98,8 @@ def folder_kind(folder: str | Path) -> str:
                             "and masks/ (or images/ and a COCO annotations.json)")
 
 
-def list_items(folder: str | Path, split: str = "val", limit: int | None = None) -> list[tuple[Path, object]]:
+def list_items(folder: str | Path, split: str = "val", limit: int | None = None,
+               val_every: int = VAL_EVERY) -> list[tuple[Path, object]]:
     """(image, truth) of `folder` in `split`, in the training loader's order, at most `limit`: truth((H, W))
     returns the (H, W) uint8 mask (0 / 255 / IGNORE) at that size and whether it was resized; None
     for an image without a mask (under "all")."""
@@ -106,14 +107,14 @@ def list_items(folder: str | Path, split: str = "val", limit: int | None = None)
         raise ValueError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
     if folder_kind(folder) == "masks":
         return [(image, None if mask is None else partial(read_mask, mask))
-                for image, mask in list_pairs(folder, split, limit)]
+                for image, mask in list_pairs(folder, split, limit, val_every)]
     from personseg.data import CocoPersons
 
     folder = Path(folder)
     # The training source itself, so images, order, split and crowd handling are the training loader's;
     # under "all" val_every=1 makes every index validation, i.e. every image.
     coco = CocoPersons(folder / "images", folder / "annotations.json", split if split != "all" else "val",
-                       limit=limit or 0, **({"val_every": 1} if split == "all" else {}))
+                       limit=limit or 0, val_every=1 if split == "all" else val_every)
     return [(folder / "images" / coco.coco.imgs[i]["file_name"], partial(_coco_truth, coco, k))
             for k, i in enumerate(coco.ids)]
 
@@ -192,12 +193,14 @@ def _ratio_or_nan(num: int, den: int) -> float:
 
 
 def evaluate_folders(predictor, folders, split: str = "val", limit: int | None = None, *,
-                     threshold: float | None = None, worst: int = 0, progress: bool = False) -> dict:
+                     threshold: float | None = None, worst: int = 0, progress: bool = False,
+                     val_every: int = VAL_EVERY) -> dict:
     """Predict every image of `folders` (images/ + masks/, or COCO: `list_items`) in `split` and score it.
 
     `predictor` needs `.predict(rgb) -> (H, W) alpha` and `.threshold` (overridden by `threshold`).
-    `limit` caps the images per folder. Unreadable images or masks and images without a mask are
-    reported on stderr and skipped. Returns plain data:
+    `limit` caps the images per folder; `val_every` is the training run's `data.val_every`.
+    Unreadable images or masks and images without a mask are reported on stderr and skipped.
+    Returns plain data:
     {"overall": {...}, "per_folder": {name: {...}}, "per_image": [rows of CSV_COLUMNS],
      "errors": [{"folder", "file", "error"}], "pr_curve": {"threshold", "precision", "recall"},
      "worst": [{"folder", "file", "iou", "panel": (h, w, 3) uint8}], "split", "threshold"}.
@@ -211,12 +214,14 @@ def evaluate_folders(predictor, folders, split: str = "val", limit: int | None =
 
     threshold = float(predictor.threshold if threshold is None else threshold)
     folders = [Path(f) for f in folders]
-    plan = [(name, list_items(folder, split, limit)) for folder, name in zip(folders, _folder_names(folders))]
-    total = sum(len(items) for _, items in plan)
-    bar = tqdm(total=total, unit="image", file=sys.stderr, disable=not progress or not sys.stderr.isatty())
+    plan = [(name, list_items(folder, split, limit, val_every))
+            for folder, name in zip(folders, _folder_names(folders))]
+    bar = tqdm(total=sum(len(items) for _, items in plan), unit="image", file=sys.stderr,
+               disable=not progress or not sys.stderr.isatty())
     overall = BinaryMetrics(threshold)
-    per_folder, rows, errors, warmed = {}, [], [], False
-    heap: list[tuple] = []  # (-iou, order, folder, file, panel): the root is the best of the worst kept
+    per_folder, rows, errors = {}, [], []
+    worst_kept = _WorstImages(worst)
+    timer = _Timer(predictor)
     for name, items in plan:
         metrics, folder_rows, folder_errors, resized = BinaryMetrics(threshold), [], 0, 0
         for image_path, truth in items:
@@ -232,27 +237,15 @@ def evaluate_folders(predictor, folders, split: str = "val", limit: int | None =
                 tqdm.write(f"error: {e}", file=sys.stderr)
                 continue
             resized += was_resized
-            if not warmed:  # the first call pays one-time costs (allocations, kernel choice): keep them out of ms
-                predictor.predict(rgb)
-                warmed = True
-            start = time.perf_counter()
-            alpha = np.asarray(predictor.predict(rgb), np.float32)
-            ms = (time.perf_counter() - start) * 1000
-            if alpha.shape != mask.shape:
-                raise ValueError(f"the predictor returned a {alpha.shape} alpha for the {rgb.shape[:2]} image "
-                                 f"{image_path}; it must return the image's size")
-            prob = torch.from_numpy(alpha)[None]
-            gt = torch.from_numpy(mask > IGNORE)[None]
-            valid = torch.from_numpy(mask != IGNORE)[None]
+            alpha, ms = timer.predict(rgb, image_path)
+            person, valid = decode_mask(mask)
+            prob, gt, valid = (torch.from_numpy(a)[None] for a in (alpha, person > 0, valid > 0))
             metrics.update(prob, gt, valid)
             stats = per_image_stats(prob, gt, valid, threshold)[0]
             called = float(((prob >= threshold) & valid).sum()) / max(1, int(valid.sum()))
-            row = {"folder": name, "file": image_path.name, **stats, "ms": ms, "person_share": called}
-            folder_rows.append(row)
-            if worst > 0 and (len(heap) < worst or -heap[0][0] > stats["iou"]):
-                panel = make_panel(rgb, alpha >= threshold, gt[0].numpy(), valid[0].numpy())
-                item = (-stats["iou"], len(rows) + len(folder_rows), name, image_path.name, panel)
-                (heapq.heappush if len(heap) < worst else heapq.heapreplace)(heap, item)
+            folder_rows.append({"folder": name, "file": image_path.name, **stats, "ms": ms, "person_share": called})
+            worst_kept.offer(stats["iou"], name, image_path.name,
+                             lambda: make_panel(rgb, alpha >= threshold, gt[0].numpy(), valid[0].numpy()))
         if resized:
             tqdm.write(f"note: {name}: {resized} mask{'s' if resized != 1 else ''} not the size of "
                        "the image, resized to it (nearest)", file=sys.stderr)
@@ -260,7 +253,47 @@ def evaluate_folders(predictor, folders, split: str = "val", limit: int | None =
         overall.merge(metrics)
         rows.extend(folder_rows)
     bar.close()
+    return _result(overall, per_folder, rows, errors, worst_kept.sorted(), split, threshold)
 
+
+class _Timer:
+    """Times `predictor.predict`; the first call is made twice (one-time costs stay out of ms)."""
+
+    def __init__(self, predictor):
+        self.predictor, self.warmed = predictor, False
+
+    def predict(self, rgb: np.ndarray, path: Path) -> tuple[np.ndarray, float]:
+        if not self.warmed:
+            self.predictor.predict(rgb)
+            self.warmed = True
+        start = time.perf_counter()
+        alpha = np.asarray(self.predictor.predict(rgb), np.float32)
+        ms = (time.perf_counter() - start) * 1000
+        if alpha.shape != rgb.shape[:2]:
+            raise ValueError(f"the predictor returned a {alpha.shape} alpha for the {rgb.shape[:2]} image "
+                             f"{path}; it must return the image's size")
+        return alpha, ms
+
+
+class _WorstImages:
+    """The `count` lowest-IoU images with their panels; a heap whose root is the best of the worst kept."""
+
+    def __init__(self, count: int):
+        self.count, self.heap, self.order = count, [], 0
+
+    def offer(self, iou: float, folder: str, file: str, panel) -> None:
+        self.order += 1
+        if self.count > 0 and (len(self.heap) < self.count or -self.heap[0][0] > iou):
+            item = (-iou, self.order, folder, file, panel())
+            (heapq.heappush if len(self.heap) < self.count else heapq.heapreplace)(self.heap, item)
+
+    def sorted(self) -> list[dict]:
+        return [{"folder": f, "file": n, "iou": -neg, "panel": p}
+                for neg, _, f, n, p in sorted(self.heap, key=lambda item: (-item[0], item[1]))]
+
+
+def _result(overall: BinaryMetrics, per_folder: dict, rows: list, errors: list, worst: list, split: str,
+            threshold: float) -> dict:
     precision, recall, thresholds = precision_recall_curve(overall)
     step = max(1, overall.num_bins // 100)  # 101 points are plenty for a plot
     return {
@@ -271,8 +304,7 @@ def evaluate_folders(predictor, folders, split: str = "val", limit: int | None =
         "pr_curve": {"threshold": thresholds[::step].tolist() + [1.0],
                      "precision": precision[:-1][::step].tolist() + [float(precision[-1])],
                      "recall": recall[:-1][::step].tolist() + [float(recall[-1])]},
-        "worst": [{"folder": f, "file": n, "iou": -neg, "panel": p}
-                  for neg, _, f, n, p in sorted(heap, key=lambda item: (-item[0], item[1]))],
+        "worst": worst,
         "split": split,
         "threshold": threshold,
     }
@@ -441,6 +473,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="val: the training loop's validation split (image/mask pairs sorted by name, "
                              "index %% 10 == 9); holdout: the held-back split (index %% 10 == 4) for final "
                              "figures only; train: the other pairs; all: every image (default: val)")
+    parser.add_argument("--val-every", type=positive_int, default=VAL_EVERY, metavar="N",
+                        help="the split rule's period: the training run's data.val_every (default: %(default)s)")
     parser.add_argument("--limit", type=nonnegative_int, default=0, metavar="N",
                         help="score at most N images per folder (default: 0 = all)")
     parser.add_argument("--threshold", type=threshold, metavar="T",
@@ -491,7 +525,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         predictor.threshold = args.threshold  # --keep largest picks its region at the same threshold
     result = evaluate_folders(predictor, args.data, args.split, args.limit or None, worst=args.worst,
-                              progress=True)
+                              progress=True, val_every=args.val_every)
     if not result["per_image"] and not result["errors"]:
         return usage_error(f"no images in {' '.join(args.data)} (split {args.split})")
     try:

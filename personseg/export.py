@@ -218,9 +218,9 @@ def _temp_beside(path: Path) -> Iterator[Path]:
 
 
 def calibration_images(data_dir: str | Path, count: int = 64) -> list[Path]:
-    """`count` images spread evenly over the training split (personseg.data's rule) of `data_dir`:
+    """`count` images spread evenly over the training split (`personseg.folders`' rule) of `data_dir`:
     a data folder (images/ inside), a folder of images, or a data root holding data folders."""
-    from personseg.data import list_images, split_items
+    from personseg.folders import list_images, split_items
 
     root = Path(data_dir)
     if not root.is_dir():

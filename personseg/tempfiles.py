@@ -70,3 +70,29 @@ def sigterm_exits() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = "", *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside `path` to write; on success it is renamed onto `path` (a reader never
+    sees half a file), on any failure (Ctrl-C included) it is removed and `path` is untouched. Creates
+    missing folders and first removes temps that killed runs left for `path`. The file is opened by the
+    caller with a plain open(), so it gets the usual permissions from the umask (not mkstemp's 0600).
+    `suffix` keeps the extension for writers that read it; `overwrite=False` refuses an existing `path`
+    (checked again just before the rename, in case it appeared meanwhile)."""
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} already exists (use --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path, suffix=suffix)
+    temp = temp_path(path, suffix=suffix)
+    try:
+        yield temp
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path} already exists (use --overwrite to replace it)")
+        os.replace(temp, path)
+    finally:
+        if temp.is_dir() and not temp.is_symlink():
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            temp.unlink(missing_ok=True)

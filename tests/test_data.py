@@ -348,3 +348,53 @@ def test_an_empty_training_folder_is_named_before_training(tmp_path):
     recipe.write_text(f"data:\n  root: {tmp_path}\n  sources:\n    - {{name: empty, kind: folder, path: empty}}\n")
     with pytest.raises(ValueError, match="data source empty .*no usable training samples"):
         build_train_dataset(load_config(recipe, ["data.samples_per_epoch=100"]))
+
+
+def test_mask_value_128_is_dont_care_in_training_as_in_eval_and_data_check(tmp_path):
+    """The data-folder contract: 0 background, 255 person, 128 don't-care, for every reader."""
+    from personseg.data_tools import check_folder
+    from personseg.evaluate import evaluate_folders
+    from personseg.folders import decode_mask
+
+    mask, valid = decode_mask(np.array([[0, 127, 128, 129, 255]], np.uint8))
+    assert mask.tolist() == [[0, 0, 0, 1, 1]] and valid.tolist() == [[1, 1, 0, 1, 1]]
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    gray = np.zeros((48, 64), np.uint8)
+    gray[:, 32:] = 128  # right half: don't care
+    gray[10:30, 5:20] = 255
+    for i in range(10):
+        Image.fromarray(np.full((48, 64, 3), 40 * (i % 5), np.uint8)).save(tmp_path / "images" / f"{i:02d}.png")
+        Image.fromarray(gray).save(tmp_path / "masks" / f"{i:02d}.png")
+    sample = FolderPairs(tmp_path, "val", (64, 48))[0]
+    assert sample["valid"][0, :, 32:].sum() == 0 and sample["mask"][0, :, 32:].sum() == 0
+    assert sample["valid"][0, :, :32].min() == 1 and sample["mask"].sum() == 20 * 15
+    assert not check_folder(tmp_path).findings  # 128 is a legal value
+
+    class CallsTheRightHalfPerson:
+        threshold = 0.5
+
+        def predict(self, rgb):
+            alpha = np.zeros(rgb.shape[:2], np.float32)
+            alpha[10:30, 5:20] = 1
+            alpha[:, 32:] = 1  # all in the don't-care half: counts neither way
+            return alpha
+
+    result = evaluate_folders(CallsTheRightHalfPerson(), [tmp_path], "val")
+    assert result["overall"]["iou"] == 1.0
+
+
+def test_eval_split_follows_val_every_and_split_csv(tmp_path):
+    from personseg.evaluate import list_pairs
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(12):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / f"{i:02d}.png")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / f"{i:02d}.png")
+    (tmp_path / "split.csv").write_text("name,split\n00,none\n01,train\n")
+    stems = lambda split, **kw: [p.stem for p, _ in list_pairs(tmp_path, split, **kw)]  # noqa: E731
+    assert stems("val") == ["09"] and stems("val", val_every=4) == ["03", "07", "11"]
+    assert "00" not in stems("train") and "01" in stems("train")
+    assert stems("train") == [p.stem for p, _ in FolderPairs(tmp_path, "train", (8, 8)).pairs]
