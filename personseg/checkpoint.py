@@ -3,7 +3,6 @@ Python primitives so they load with `torch.load(..., weights_only=True)` (a mode
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import re
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 from personseg.models import create_model, list_models
-from personseg.tempfiles import remove_stale, temp_path
+from personseg.tempfiles import atomic_write
 
 FORMAT = "personseg-checkpoint"
 VERSION = 1
@@ -28,17 +27,8 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, then rename over `path`. The file gets the usual
     permissions from the umask, like every other output (a plain open, not mkstemp's 0600): checkpoints
     hold weights and training settings, nothing secret. Temps left by a killed save are removed here."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "xb") as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, arch: str, model_kwargs: dict,

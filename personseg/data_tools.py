@@ -42,6 +42,7 @@ from PIL import Image
 
 from personseg.folders import IGNORE, list_images
 from personseg.imageio import ImageReadError, read_image, write_image_atomic
+from personseg.tempfiles import atomic_write
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -248,14 +249,8 @@ def convert_coco_person(roots: list[Path], dest: Path) -> int:
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(target) as temp:
         shutil.copyfile(source, temp)
-        os.replace(temp, target)
-    finally:
-        Path(temp).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

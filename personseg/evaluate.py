@@ -31,10 +31,8 @@ import html
 import io
 import json
 import math
-import os
 import sys
 import time
-import uuid
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -49,6 +47,7 @@ from personseg.folders import IGNORE, VAL_EVERY, decode_mask
 from personseg.imageio import ImageReadError, read_image, write_image_atomic
 from personseg.metrics import BinaryMetrics, per_image_stats, precision_recall_curve
 from personseg.predict import KEEP
+from personseg.tempfiles import atomic_write
 
 SPLITS = ("val", "holdout", "train", "all")
 CSV_COLUMNS = ["folder", "file", "iou", "dice", "precision", "recall", "ms", "person_share"]
@@ -316,16 +315,9 @@ def _result(overall: BinaryMetrics, per_folder: dict, rows: list, errors: list, 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` via a temporary file in the same folder and os.replace (readers never see half)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temp, "x", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
+    with atomic_write(path) as temp, open(temp, "x", encoding="utf-8", newline="") as f:
+        f.write(text)
+    return Path(path)
 
 
 def _json_safe(x):

@@ -28,9 +28,8 @@ import copy
 import json
 import logging
 import math
-import os
 import sys
-import uuid
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from personseg.cli import positive_int
+from personseg.tempfiles import atomic_write
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
@@ -112,7 +112,7 @@ def export_onnx(model: nn.Module, info: dict, path: str | Path, *, opset: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).float().eval().to("cpu", memory_format=torch.contiguous_format)
     metadata = onnx_metadata(info, model=model)
-    with _temp_beside(path) as tmp:
+    with atomic_write(path) as tmp:
         _run_exporter(model, tmp, opset, exporter)
         proto = onnx.load(str(tmp))
         _name_dynamic_axes(proto)
@@ -125,7 +125,6 @@ def export_onnx(model: nn.Module, info: dict, path: str | Path, *, opset: int = 
         if not worst <= tolerance:  # NaN fails too
             raise ParityError(f"ONNX Runtime differs from PyTorch by {worst:.3g} (max abs logit, tolerance "
                               f"{tolerance:g}) at {_format_diffs(diffs)}; try another --opset or --exporter")
-        os.replace(tmp, path)
     return {"path": str(path), "opset": opset, "exporter": exporter, "metadata": metadata,
             "max_abs_diff": diffs, "bytes": path.stat().st_size}
 
@@ -201,16 +200,6 @@ def _flat(output) -> list[torch.Tensor]:
 
 def _format_diffs(diffs: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
-
-
-@contextmanager
-def _temp_beside(path: Path) -> Iterator[Path]:
-    """A temporary file name in `path`'s folder, removed unless it was renamed onto `path`."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,7 +284,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[np.n
         raise ValueError("int8 calibration needs at least one input")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     props = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
-    with _temp_beside(out_path) as pre, _temp_beside(out_path) as tmp, _quiet_root_logger():
+    with tempfile.TemporaryDirectory() as scratch, atomic_write(out_path) as tmp, _quiet_root_logger():
+        pre = Path(scratch) / "preprocessed.onnx"
         # symbolic shape inference cannot follow the pad-to-stride arithmetic; ONNX's own is enough
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         reader = _Reader(_calibration_feeds(fp32_path, inputs))
@@ -305,7 +295,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[np.n
         proto = onnx.load(str(tmp))
         set_metadata(proto, {**props, "precision": "int8", "calibration": calibration})
         onnx.save(proto, str(tmp))
-        os.replace(tmp, out_path)
     return {"path": str(out_path), "bytes": out_path.stat().st_size}
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import glob
 import os
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from personseg.tempfiles import atomic_write
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -134,17 +135,8 @@ def write_image_atomic(path: str | os.PathLike, image: np.ndarray | Image.Image,
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     options = {"quality": 95} if image_format == "JPEG" else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain open() (not mkstemp) so the file gets the usual permissions from the umask.
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temp, "xb") as f:
-            image.save(f, format=image_format, **options)
-        if path.exists() and not overwrite:  # appeared while we were writing
-            raise FileExistsError(f"{path} already exists (use --overwrite to replace it)")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_write(path, overwrite=overwrite) as temp, open(temp, "xb") as f:
+        image.save(f, format=image_format, **options)
     return path
 
 

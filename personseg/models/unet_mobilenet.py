@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from personseg.models.blocks import ConvBNAct, DepthwiseSeparable, make_divisible, pad_to_multiple
+from personseg.models.blocks import DepthwiseSeparable, make_divisible, pad_to_multiple
 from personseg.models.encoders import ENCODERS
 from personseg.models.registry import register_model
 from personseg.models.pretrained import load_encoder_weights
