@@ -124,7 +124,6 @@ class TrainConfig:
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 SCHEDULERS = ("plateau", "reduce_on_plateau", "cosine")
-SOURCE_KINDS = ("folder", "labelmaps", "coco", "composites", "copypaste")
 AUGMENTS = ("mild", "strong", "none")
 
 
@@ -134,21 +133,11 @@ def data_root(cfg: TrainConfig) -> Path:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file's overrides, then `overrides` ("a.b=value", applied in order)."""
+    """Defaults, then the YAML file's overrides (after those of its `base:` recipe, recursively), then
+    `overrides` ("a.b=value", applied in order)."""
     cfg = TrainConfig()
     if path is not None:
-        with open(path) as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                mark = getattr(e, "problem_mark", None)
-                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-                raise ValueError(f"{path}: not valid YAML{where} ({problem}); fix the recipe there") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys at the top level")
-        for key, value in _flatten(data):
-            _set(cfg, key, value)
+        _apply_recipe(cfg, Path(path), [])
     for item in overrides or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -162,8 +151,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def _apply_recipe(cfg: TrainConfig, path: Path, chain: list[Path]) -> None:
+    """Apply `path`'s keys to `cfg`; first those of the recipe its `base:` names (relative to its folder)."""
+    if path.resolve() in chain:
+        raise ValueError(f"{path}: `base:` goes round in a circle ({' -> '.join(p.name for p in chain + [path])})")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"{path}: not valid YAML{where} ({problem}); fix the recipe there") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys at the top level")
+    base = data.pop("base", None)
+    if base is not None:
+        _apply_recipe(cfg, path.parent / base, chain + [path.resolve()])
+    for key, value in _flatten(data):
+        _set(cfg, key, value)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check the string choices, so a typo fails at start-up and not hours into a run."""
+    from personseg.data import SOURCES  # the source registry: data.py's register_source
     from personseg.losses import REGION_LOSSES
 
     choices = [("amp", cfg.amp, AMP_MODES), ("schedule.scheduler", cfg.schedule.scheduler, SCHEDULERS),
@@ -172,8 +183,8 @@ def validate(cfg: TrainConfig) -> None:
         if value not in allowed:
             raise ValueError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
     for i, src in enumerate(cfg.data.sources):
-        if src.kind not in SOURCE_KINDS or src.augment not in AUGMENTS or not src.name:
-            raise ValueError(f"data.sources.{i} ({src.name or 'no name'}): needs a name, kind in {SOURCE_KINDS}, "
+        if src.kind not in SOURCES or src.augment not in AUGMENTS or not src.name:
+            raise ValueError(f"data.sources.{i} ({src.name or 'no name'}): needs a name, kind in {tuple(SOURCES)}, "
                              f"augment in {AUGMENTS}")
         for key in ("people", "decoys"):
             low_high = getattr(src, key)
@@ -208,7 +219,9 @@ def _plain(x: Any) -> Any:
 
 
 def _flatten(data: dict, prefix: str = ""):
-    """{"optim": {"lr": 1}} -> ("optim.lr", 1); lists and free-form dicts (model.kwargs) are leaves."""
+    """{"optim": {"lr": 1}} -> ("optim.lr", 1); lists and free-form dicts (model.kwargs) are leaves.
+    A mapping under data.sources patches sources by name: {negatives: {weight: 2}} ->
+    ("data.sources.negatives.weight", 2); a new name adds a source, `null` drops one."""
     for key, value in data.items():
         full = f"{prefix}{key}"
         if isinstance(value, dict) and full != "model.kwargs":
@@ -228,6 +241,9 @@ def _set(cfg: Any, key: str, value: Any) -> None:
         obj[last] = value
         return
     if isinstance(obj, list):
+        if value is None and not last.isdigit():  # data.sources.NAME: null drops that source
+            del obj[_index(obj, last, done)]
+            return
         index = _index(obj, last, done)
         obj[index] = _coerce(value, type(obj[index]), key)
         return
@@ -239,6 +255,8 @@ def _set(cfg: Any, key: str, value: Any) -> None:
 
 def _child(obj: Any, part: str, done: list[str]) -> Any:
     if isinstance(obj, list):
+        if done == ["data", "sources"] and not part.isdigit() and part not in [s.name for s in obj]:
+            obj.append(SourceConfig(name=part))  # a source by a new name: its fields follow
         return obj[_index(obj, part, done)]
     if isinstance(obj, dict):
         return obj.setdefault(part, {})
@@ -248,8 +266,13 @@ def _child(obj: Any, part: str, done: list[str]) -> Any:
 
 
 def _index(obj: list, part: str, done: list[str]) -> int:
+    """A list position: a number, or for named items (data.sources) a name."""
+    names = [getattr(item, "name", None) for item in obj]
+    if part in names:
+        return names.index(part)
     if not part.isdigit() or int(part) >= len(obj):
-        raise KeyError(f"config key {'.'.join(done + [part])!r}: expected an index below {len(obj)}")
+        named = f" or one of the names {', '.join(map(str, names))}" if any(names) else ""
+        raise KeyError(f"config key {'.'.join(done + [part])!r}: expected an index below {len(obj)}{named}")
     return int(part)
 
 

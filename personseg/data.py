@@ -28,7 +28,7 @@ import io
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -575,31 +575,69 @@ class MixSampler(Sampler):
         return iter(mine[self.skip:])
 
 
+SourceBuilder = Callable[[SourceConfig, Path, dict], SegDataset]
+SOURCES: dict[str, SourceBuilder] = {}  # data.sources kind -> builder(src, data root, common keyword arguments)
+
+
+def register_source(kind: str):
+    """Make `kind` a value of data.sources[].kind; the builder gets the source's config, the data root
+    (`root / src.path` is the source's folder; an absolute src.path wins) and the keyword arguments
+    every dataset takes (split, size, augment, limit, ...)."""
+    def decorator(builder: SourceBuilder) -> SourceBuilder:
+        SOURCES[kind] = builder
+        return builder
+    return decorator
+
+
+def _synthetic_length(src: SourceConfig, common: dict) -> int:
+    """Scenes per epoch of a generated source: `length`, a tenth of it for validation, or `limit`."""
+    if common["limit"]:
+        return common["limit"]
+    return src.length if common["split"] == "train" else max(1, src.length // common["val_every"])
+
+
+@register_source("folder")
+def _folder(src: SourceConfig, root: Path, common: dict) -> SegDataset:
+    return FolderPairs(root / src.path, **common)
+
+
+@register_source("labelmaps")
+def _labelmaps(src: SourceConfig, root: Path, common: dict) -> SegDataset:
+    return LabelMaps(root / src.path, **common)
+
+
+@register_source("coco")
+def _coco(src: SourceConfig, root: Path, common: dict) -> SegDataset:
+    path = root / src.path
+    images = path / "images" if (path / "images").is_dir() else path
+    return CocoPersons(images, path / (src.annotations or "annotations.json"), **common)
+
+
+@register_source("copypaste")
+def _copypaste(src: SourceConfig, root: Path, common: dict) -> SegDataset:
+    path = root / src.path
+    return CopyPaste(path / "images", path / (src.annotations or "annotations.json"),
+                     [root / b for b in src.backgrounds], length=_synthetic_length(src, common),
+                     max_people=src.people[1],
+                     **{k: v for k, v in common.items() if k != "limit"})
+
+
+@register_source("composites")
+def _composites(src: SourceConfig, root: Path, common: dict) -> SegDataset:
+    path = root / src.path
+    return Composites(path / "foregrounds", path / "backgrounds", length=_synthetic_length(src, common),
+                      min_people=src.people[0], max_people=src.people[1], decoys=src.decoys,
+                      **{k: v for k, v in common.items() if k != "limit"})
+
+
 def build_source(src: SourceConfig, cfg: TrainConfig, split: str) -> SegDataset:
     """One configured source for `split`; validation is never augmented."""
-    path = Path(src.path)
-    path = path if path.is_absolute() else data_root(cfg) / path
-    augment = src.augment if split == "train" else "none"
-    limit = src.limit if split == "train" else (cfg.data.val_limit or src.limit)
-    common = dict(split=split, size=cfg.data.input_size, augment=augment, val_every=cfg.data.val_every,
-                  seed=cfg.seed, source=src.name, orient_val=cfg.data.tall_share > 0)
-    if src.kind == "folder":
-        return FolderPairs(path, limit=limit, **common)
-    if src.kind == "labelmaps":
-        return LabelMaps(path, limit=limit, **common)
-    if src.kind == "coco":
-        return CocoPersons(path / "images" if (path / "images").is_dir() else path,
-                           path / (src.annotations or "annotations.json"), limit=limit, **common)
-    if src.kind == "copypaste":
-        length = src.length if split == "train" else max(1, src.length // cfg.data.val_every)
-        return CopyPaste(path / "images", path / (src.annotations or "annotations.json"),
-                         [data_root(cfg) / b for b in src.backgrounds], length=limit or length,
-                         max_people=src.people[1], **common)
-    if src.kind == "composites":
-        length = src.length if split == "train" else max(1, src.length // cfg.data.val_every)
-        return Composites(path / "foregrounds", path / "backgrounds", length=limit or length,
-                          min_people=src.people[0], max_people=src.people[1], decoys=src.decoys, **common)
-    raise ValueError(f"source {src.name}: unknown kind {src.kind!r}")
+    if src.kind not in SOURCES:
+        raise ValueError(f"source {src.name}: unknown kind {src.kind!r}; choose one of {', '.join(SOURCES)}")
+    common = dict(split=split, size=cfg.data.input_size, augment=src.augment if split == "train" else "none",
+                  limit=src.limit if split == "train" else (cfg.data.val_limit or src.limit),
+                  val_every=cfg.data.val_every, seed=cfg.seed, source=src.name, orient_val=cfg.data.tall_share > 0)
+    return SOURCES[src.kind](src, data_root(cfg), common)
 
 
 def build_train_dataset(cfg: TrainConfig) -> MixedDataset | SyntheticClips:

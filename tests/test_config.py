@@ -79,7 +79,7 @@ def test_cli_reports_config_errors_without_a_traceback(capsys):
     assert "unknown config key 'optim.lrr'; valid keys under optim: lr," in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml")))
 def test_shipped_recipes_load(name):
     cfg = load_config(REPO / "configs" / name)
     assert yaml.safe_load(yaml.safe_dump(to_dict(cfg)))["model"]["name"] == cfg.model.name
@@ -105,3 +105,26 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "broken.yaml: not valid YAML at line" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_with_base_lists_only_what_it_changes(tmp_path):
+    (tmp_path / "stage1.yaml").write_text(
+        "model: {name: unet_mobilenet_v2, kwargs: {alpha: 0.5}}\n"
+        "data:\n  sources:\n    - {name: a, kind: folder, path: a, weight: 1.0}\n"
+        "    - {name: b, kind: folder, path: b, weight: 2.0}\n"
+        "optim: {lr: 1.0e-3}\nmax_steps: 100\n")
+    (tmp_path / "next").mkdir()
+    (tmp_path / "next" / "stage2.yaml").write_text(
+        "base: ../stage1.yaml\n"
+        "data:\n  sources:\n    b: {weight: 0.5}\n    a: null\n    c: {kind: coco, path: coco}\n"
+        "optim: {lr: 3.0e-4}\n")
+    stage2 = load_config(tmp_path / "next" / "stage2.yaml", ["data.sources.c.weight=4"])
+    assert stage2.model.kwargs == {"alpha": 0.5} and stage2.max_steps == 100 and stage2.optim.lr == 3e-4
+    assert [(s.name, s.kind, s.weight) for s in stage2.data.sources] == [("b", "folder", 0.5), ("c", "coco", 4.0)]
+    assert load_config(tmp_path / "stage1.yaml").optim.lr == 1e-3  # the base itself is unchanged
+
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ValueError, match="circle"):
+        load_config(tmp_path / "loop.yaml")
+    with pytest.raises(KeyError, match="one of the names"):
+        load_config(tmp_path / "stage1.yaml", ["data.sources.7.weight=1"])
