@@ -17,7 +17,7 @@ class DoubleConv(nn.Sequential):
         )
 
 
-class UNetEncoder(nn.Module):
+class ClassicUNetEncoder(nn.Module):
     def __init__(self, width: int):
         super().__init__()
         chs = [width * 2**i for i in range(5)]  # 64, 128, 256, 512, 1024
@@ -32,7 +32,7 @@ class UNetEncoder(nn.Module):
         return features
 
 
-class UNetDecoder(nn.Module):
+class ClassicUNetDecoder(nn.Module):
     def __init__(self, channels: list[int]):
         super().__init__()
         deep_to_shallow = channels[::-1]  # 1024, 512, 256, 128, 64
@@ -53,8 +53,8 @@ class UNet(nn.Module):
 
     def __init__(self, width: int = 64, num_classes: int = 1):
         super().__init__()
-        self.encoder = UNetEncoder(width)
-        self.decoder = UNetDecoder(self.encoder.channels)
+        self.encoder = ClassicUNetEncoder(width)
+        self.decoder = ClassicUNetDecoder(self.encoder.channels)
         self.head = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
