@@ -39,8 +39,9 @@ import torch
 from PIL import Image
 
 import personseg
+from personseg.metrics import video_metrics
 from personseg.video import (FolderSource, Frame, PersonTracker, RecurrentSegmenter, TemporalFilter, TemporalMedian,
-                             process_video, segment_frames, smooth, video_metrics)
+                             process_video, segment_frames, smooth)
 
 SIZES = {"480p": (854, 480), "720p": (1280, 720)}
 

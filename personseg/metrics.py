@@ -1,4 +1,4 @@
-"""Binary segmentation metrics computed from summed counts.
+"""Segmentation metrics computed from summed counts: `BinaryMetrics` for images, `video_metrics` for clips.
 
 `BinaryMetrics` only adds integer counts in `update`; ratios come at the end in `compute`. Counts add
 exactly across batches (`update`), across metric objects (`merge`) and across DDP ranks (`reduce_`), so
@@ -8,6 +8,8 @@ Zero denominators: a ratio whose denominator is 0 is 1.0 when the prediction mad
 positive and no false negative, e.g. IoU when neither prediction nor target has a positive pixel) and
 0.0 otherwise. AUROC is NaN when the positive or the negative class has no pixel.
 """
+
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -150,17 +152,6 @@ class BinaryMetrics:
             self._counts[name] = chunk.reshape(self._counts[name].shape).clone()
         return self
 
-    def auroc_error_bound(self) -> float:
-        """Largest possible |binned AUROC - exact AUROC|: half the share of (pos, neg) pairs sharing a bin.
-
-        Pairs in the same bin count 1/2 in the binned AUROC, 0 or 1 in the exact one. With scores spread
-        over many bins this is about 1 / (2 * num_bins) or less.
-        """
-        pos, neg = self._hist()
-        if pos.sum() == 0 or neg.sum() == 0:
-            return float("nan")
-        return float(0.5 * (pos * neg).sum() / (pos.sum() * neg.sum()))
-
     def _hist(self) -> tuple[np.ndarray, np.ndarray]:
         return (self._counts["hist_pos"].cpu().double().numpy(), self._counts["hist_neg"].cpu().double().numpy())
 
@@ -187,8 +178,8 @@ class BinaryMetrics:
     def _auroc(self) -> float:
         """Area under the ROC curve through the thresholds at the bin edges (trapezoid rule).
 
-        This is the exact AUROC of the binned scores (pairs sharing a bin count 1/2), so it is within
-        `auroc_error_bound()` of the AUROC of the raw probabilities.
+        This is the exact AUROC of the binned scores (pairs sharing a bin count 1/2): within half the
+        share of (positive, negative) pairs that share a bin of the AUROC of the raw probabilities.
         """
         pos, neg = self._hist()
         if pos.sum() == 0 or neg.sum() == 0:
@@ -233,3 +224,30 @@ def precision_recall_curve(metrics: BinaryMetrics) -> tuple[np.ndarray, np.ndarr
     recall = tp / pos.sum() if pos.sum() > 0 else np.ones_like(tp)
     thresholds = np.arange(metrics.num_bins) / metrics.num_bins
     return np.append(precision, 1.0), np.append(recall, 0.0), thresholds
+
+
+def video_metrics(pred_masks: Iterable[np.ndarray], gt_masks: Iterable[np.ndarray]) -> dict[str, float]:
+    """Temporal quality of a clip's masks ((H, W) bool or 0/255 each, same length and size).
+
+    J: the mean over frames of the IoU (DAVIS region similarity; a frame where both masks are empty
+    counts 1). iou: the IoU of the summed counts. flicker: of the pixels whose ground truth keeps its
+    label from one frame to the next, the share whose predicted label changes (0 for a steady
+    prediction; counts summed over the clip, divided once). Streams: one frame pair in memory.
+    """
+    ious: list[float] = []
+    tp = union = changed = stable = 0
+    prev_pred = prev_gt = None
+    for pred, gt in zip(pred_masks, gt_masks, strict=True):
+        pred, gt = np.asarray(pred) > 0, np.asarray(gt) > 0
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in size")
+        inter, uni = int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt))
+        ious.append(inter / uni if uni else 1.0)
+        tp, union = tp + inter, union + uni
+        if prev_pred is not None:
+            same_gt = prev_gt == gt
+            stable += int(np.count_nonzero(same_gt))
+            changed += int(np.count_nonzero(same_gt & (prev_pred != pred)))
+        prev_pred, prev_gt = pred, gt
+    return {"J": float(np.mean(ious)) if ious else float("nan"), "iou": tp / union if union else 1.0,
+            "flicker": changed / stable if stable else 0.0, "frames": len(ious)}

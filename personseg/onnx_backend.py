@@ -101,17 +101,18 @@ class OnnxModel:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.state_layout = self.info.get("state")  # recurrent models: [[channels, stride], ...]
+        self.recurrent = self.state_layout is not None
         self.providers = self.session.get_providers()
 
     def __call__(self, x, state=None):
         if not isinstance(x, np.ndarray):  # a torch tensor
             return self._call_torch(x, state)
         feeds = {self.input_names[0]: np.ascontiguousarray(x, np.float32)}
-        if self.state_layout is not None:
+        if self.recurrent:
             state = self.initial_state(x.shape[0], *x.shape[2:]) if state is None else state
             feeds.update({name: np.ascontiguousarray(s, np.float32) for name, s in zip(self.input_names[1:], state)})
         outputs = self.session.run(self.output_names, feeds)
-        return outputs[0] if self.state_layout is None else (outputs[0], outputs[1:])
+        return (outputs[0], outputs[1:]) if self.recurrent else outputs[0]
 
     def _call_torch(self, x, state):
         import torch
@@ -124,7 +125,7 @@ class OnnxModel:
 
         out = self(to_numpy(x), None if state is None else [to_numpy(s) for s in state])
         back = lambda a: torch.from_numpy(np.asarray(a)).to(x.device)  # noqa: E731
-        return back(out) if self.state_layout is None else (back(out[0]), [back(s) for s in out[1]])
+        return (back(out[0]), [back(s) for s in out[1]]) if self.recurrent else back(out)
 
     def initial_state(self, batch: int, height: int, width: int) -> list[np.ndarray]:
         """Zeros for a recurrent model's first frame: its state lives on the input padded to `pad_multiple`."""

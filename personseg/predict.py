@@ -17,6 +17,7 @@ import hashlib
 import math
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,7 @@ DEFAULT_MODEL = "accurate"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKENDS = ("auto", "onnx", "torch")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def import_torch(what: str = ".pt checkpoints"):
@@ -69,6 +71,39 @@ def preprocess(images: list[np.ndarray], size: tuple[int, int], mean: np.ndarray
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image becomes model input, as the model was trained: resized with its own aspect ratio to
+    the area of `size` (width, height), then (x - mean) / std with `mean` and `std` of 0-1 RGB. One
+    object for the predictor, the tracker (the crop's pixel budget) and the int8 calibration."""
+    size: tuple[int, int] = (320, 180)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def from_info(cls, info: dict) -> "InputSpec":
+        """The spec of a checkpoint's or ONNX file's description (its input_size, mean and std)."""
+        return cls(tuple(info["input_size"]), tuple(info["mean"]), tuple(info["std"]))
+
+    def model_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) the model sees an image of height x width at."""
+        return model_size(height, width, self.size)
+
+    def preprocess(self, images: list[np.ndarray], size: tuple[int, int] | None = None) -> np.ndarray:
+        """Same-size (H, W, 3) uint8 RGB images -> (N, 3, h, w) float32 model input, at `size` (h, w)
+        or, by default, their `model_size`."""
+        size = size or self.model_size(*images[0].shape[:2])
+        return preprocess(images, size, np.asarray(self.mean, np.float32) * 255, np.asarray(self.std, np.float32) * 255)
+
+
+@dataclass
+class StepState:
+    """What `Predictor.step` carries from one video frame to the next: a recurrent model's state
+    (arrays on ONNX Runtime, tensors on torch) and the model-input size (h, w) it belongs to."""
+    size: tuple[int, int]
+    tensors: list
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """float32 logistic without overflow warnings (tanh form)."""
     return np.tanh(x * np.float32(0.5)) * np.float32(0.5) + np.float32(0.5)
@@ -95,15 +130,18 @@ class TorchRunner:
     array, or `(x, state) -> (logits, state)` for recurrent models (state as torch tensors)."""
 
     def __init__(self, model, device):
+        from personseg.models import is_recurrent
+
         self.torch = import_torch()
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device, memory_format=self.torch.channels_last)
+        self.recurrent = is_recurrent(model)
 
     def __call__(self, x: np.ndarray, state=None):
         torch = self.torch
         t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            if hasattr(self.model, "state_shapes"):  # recurrent: explicit state in and out
+            if self.recurrent:  # explicit state in and out
                 logits, state = self.model(t, state)
                 return logits.float().cpu().numpy(), state
             return self.model(t).float().cpu().numpy()
@@ -119,16 +157,15 @@ class Predictor:
 
     `model`: an `OnnxModel` (ONNX Runtime; what shipped models and .onnx files use) or a torch
     `nn.Module` (a .pt checkpoint; `device` then says where it runs). `self.model` is that object;
-    `self.run` the numpy callable in front of it.
+    `self.run` the numpy callable in front of it. `spec`: the model's `InputSpec`.
     `tta`: also run the model on the mirror image and average the two probabilities (before the
     upsampling): twice the model's time for a steadier mask (the card of each model says how much).
     `keep`: "all" people found, or only the "largest" connected person region (`keep_largest`), for
-    one-person cut-outs of photos with bystanders."""
+    one-person cut-outs of photos with bystanders.
+    Recurrent models (`self.recurrent`) run videos frame by frame with `step`; `predict` sees stills."""
 
-    def __init__(self, model, *, input_size: tuple[int, int] = (320, 180),
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, threshold: float = 0.5, refine: bool = True,
-                 device: str | None = "cpu", info: dict | None = None, tta: bool = False,
-                 keep: str = "all"):
+    def __init__(self, model, *, spec: InputSpec = InputSpec(), threshold: float = 0.5, refine: bool = True,
+                 device: str | None = "cpu", info: dict | None = None, tta: bool = False, keep: str = "all"):
         if keep not in KEEP:
             raise ValueError(f"keep={keep!r}: choose one of {', '.join(KEEP)}")
         if _is_torch_module(model):
@@ -138,42 +175,56 @@ class Predictor:
         else:  # personseg.onnx_backend.OnnxModel, or any numpy callable
             self.run, self.device = model, "cpu"
         self.model = model
-        self.input_size = tuple(input_size)
-        self.mean = np.asarray(mean, np.float32) * 255
-        self.std = np.asarray(std, np.float32) * 255
+        self.recurrent = bool(getattr(self.run, "recurrent", False))
+        self.spec = spec
         self.threshold = float(threshold)
         self.refine, self.tta, self.keep = refine, tta, keep
         self.info = info or {}
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The pixel budget (width, height) of `spec`."""
+        return self.spec.size
+
+    @property
+    def mean(self) -> np.ndarray:
+        """`spec.mean` in 0-255 units, as `preprocess` takes it."""
+        return np.asarray(self.spec.mean, np.float32) * 255
+
+    @property
+    def std(self) -> np.ndarray:
+        """`spec.std` in 0-255 units, as `preprocess` takes it."""
+        return np.asarray(self.spec.std, np.float32) * 255
 
     @property
     def backend(self) -> str:
         return "torch" if isinstance(self.run, TorchRunner) else "onnx"
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device="cpu", refine: bool = True,
-                        tta: bool | None = None, keep: str = "all") -> "Predictor":
-        """A .pt checkpoint on torch. `tta` None: as the checkpoint says (meta["tta"])."""
+    def from_checkpoint(cls, path: str | Path, device="cpu", refine: bool = True, tta: bool | None = None,
+                        keep: str = "all", threshold: float | None = None) -> "Predictor":
+        """A .pt checkpoint on torch. `tta` and `threshold` None: as the checkpoint says."""
         import_torch()
         from personseg.checkpoint import load_checkpoint
 
         model, info = load_checkpoint(path)
         tta = bool(info.get("meta", {}).get("tta", False)) if tta is None else tta
-        return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
-                   threshold=info["threshold"], refine=refine, device=device, info=info, tta=tta, keep=keep)
+        return cls(model, spec=InputSpec.from_info(info), threshold=_or(threshold, info["threshold"]),
+                   refine=refine, device=device, info=info, tta=tta, keep=keep)
 
     @classmethod
     def from_onnx(cls, path: str | Path, device="cpu", refine: bool = True, threads: int | None = None,
-                  tta: bool | None = None, keep: str = "all", spinning: bool = True) -> "Predictor":
+                  tta: bool | None = None, keep: str = "all", spinning: bool = True,
+                  threshold: float | None = None) -> "Predictor":
         """The predictor on an ONNX Runtime session of a `personseg export` file (fp32 or int8);
-        `tta` None: as the file says. `threads`: ORT intra-op threads (default
+        `tta` and `threshold` None: as the file says. `threads`: ORT intra-op threads (default
         `onnx_backend.default_threads()`); `spinning` False when other busy threads share the CPU."""
         from personseg.onnx_backend import OnnxModel
 
         model = OnnxModel(path, device=device, threads=threads, spinning=spinning)
         info = model.info
-        return cls(model, input_size=info["input_size"], mean=info["mean"], std=info["std"],
-                   threshold=info["threshold"], refine=refine, info=info,
-                   tta=info["tta"] if tta is None else tta, keep=keep)
+        return cls(model, spec=InputSpec.from_info(info), threshold=_or(threshold, info["threshold"]),
+                   refine=refine, info=info, tta=_or(tta, info["tta"]), keep=keep)
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         return self.predict_batch([rgb])[0]
@@ -185,9 +236,7 @@ class Predictor:
 
     def predict_batch(self, images: list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
         """Alphas for a list of images; images of the same size run together in batches."""
-        for i, rgb in enumerate(images):
-            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-                raise ValueError(f"image {i}: expected an HxWx3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+        _check_images(images)
         results: list[np.ndarray | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, rgb in enumerate(images):
@@ -195,22 +244,44 @@ class Predictor:
         for (h, w), indices in by_size.items():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
-                probs = self._forward([images[i] for i in chunk], model_size(h, w, self.input_size))
+                probs, _ = self._forward([images[i] for i in chunk], self.spec.model_size(h, w))
                 for i, prob in zip(chunk, probs):
-                    alpha = self.upsample(images[i], prob)
-                    results[i] = keep_largest(alpha, self.threshold) if self.keep == "largest" else alpha
+                    results[i] = self._finish(images[i], prob)
         return results
 
-    def _forward(self, images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-        """Low-resolution probabilities, (N, h, w) float32."""
-        x = preprocess(images, size, self.mean, self.std)
+    def step(self, rgb: np.ndarray, state: StepState | None = None) -> tuple[np.ndarray, StepState]:
+        """One video frame through a recurrent model: (its alpha, the state for the next frame). `state`
+        is what the previous frame's call returned; None (the first frame), or a frame of another size,
+        starts from zeros. Preprocessing, `tta`, upsampling and `keep` as in `predict`."""
+        if not self.recurrent:
+            raise ValueError("step() needs a recurrent model (the recurrent_* architectures); "
+                             "run this one on each frame with predict_batch")
+        _check_images([rgb])
+        size = self.spec.model_size(*rgb.shape[:2])
+        tensors = state.tensors if state is not None and state.size == size else None
+        probs, tensors = self._forward([rgb], size, tensors)
+        return self._finish(rgb, probs[0]), StepState(size, tensors)
+
+    def _forward(self, images: list[np.ndarray], size: tuple[int, int], state=None) -> tuple[np.ndarray, list | None]:
+        """Low-resolution probabilities (N, h, w) float32, and a recurrent model's new state (else None).
+        With `tta` the mirror images run in the same batch (and, recurrent, carry their own state)."""
+        x = self.spec.preprocess(images, size)
         if self.tta:
             x = np.concatenate([x, x[..., ::-1]])
-        prob = sigmoid(np.asarray(self.run(x), np.float32)[:, 0])
+        if self.recurrent:
+            logits, state = self.run(x, state)
+        else:
+            logits = self.run(x)
+        prob = sigmoid(np.asarray(logits, np.float32)[:, 0])
         if self.tta:
             plain, mirrored = np.split(prob, 2)
             prob = (plain + mirrored[..., ::-1]) * np.float32(0.5)
-        return prob
+        return prob, state
+
+    def _finish(self, rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """A low-resolution probability -> the alpha of `rgb`: upsampled, then `keep` applied."""
+        alpha = self.upsample(rgb, prob)
+        return keep_largest(alpha, self.threshold) if self.keep == "largest" else alpha
 
     def upsample(self, rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """A low-resolution probability (h, w) back to the size of `rgb`: guided filter or bilinear."""
@@ -221,6 +292,16 @@ class Predictor:
             from personseg.guided_filter import refine_alpha
             return refine_alpha(rgb, prob)
         return np.clip(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def _check_images(images: list[np.ndarray]) -> None:
+    for i, rgb in enumerate(images):
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"image {i}: expected an HxWx3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
 
 
 def shipped_models() -> list[str]:

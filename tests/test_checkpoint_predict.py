@@ -7,7 +7,7 @@ import torch
 import personseg
 from personseg.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from personseg.models import create_model
-from personseg.predict import Predictor, keep_largest, model_size
+from personseg.predict import InputSpec, Predictor, keep_largest, model_size
 
 
 @pytest.fixture()
@@ -135,8 +135,8 @@ class TwoBlobs(torch.nn.Module):
 
 def test_predictor_keep_largest():
     image = np.zeros((64, 96, 3), np.uint8)
-    both = Predictor(TwoBlobs(), input_size=(96, 64)).predict_mask(image)
-    largest = Predictor(TwoBlobs(), input_size=(96, 64), keep="largest").predict_mask(image)
+    both = Predictor(TwoBlobs(), spec=InputSpec((96, 64))).predict_mask(image)
+    largest = Predictor(TwoBlobs(), spec=InputSpec((96, 64)), keep="largest").predict_mask(image)
     assert both[:, 80:].any() and not largest[:, 80:].any()
     np.testing.assert_array_equal(largest[:, :48], both[:, :48])
     with pytest.raises(ValueError, match="largest"):

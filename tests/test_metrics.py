@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
-from personseg.metrics import BinaryMetrics, per_image_stats, precision_recall_curve
+from personseg.metrics import BinaryMetrics, per_image_stats, precision_recall_curve, video_metrics
 
 KEYS = {"iou", "dice", "accuracy", "precision", "recall", "auroc", "boundary_f"}
 
@@ -106,12 +106,14 @@ def test_auroc_vs_mann_whitney():
     for num_bins in (10, 100, 1000):
         m = BinaryMetrics(num_bins=num_bins)
         m.update(prob, target, valid)
-        bound = m.auroc_error_bound()
+        bins = np.clip((prob[valid] * num_bins).long().numpy(), 0, num_bins - 1)
+        # The binned AUROC is exactly the Mann-Whitney AUROC of the bin indices (ties count 1/2)...
+        assert m.compute()["auroc"] == pytest.approx(mann_whitney_auroc(bins, labels), abs=1e-12)
+        # ...so within half the share of (positive, negative) pairs sharing a bin of the exact one.
+        pos, neg = (np.bincount(bins[labels == t], minlength=num_bins) for t in (True, False))
+        bound = 0.5 * (pos * neg).sum() / (pos.sum() * neg.sum())
         assert abs(m.compute()["auroc"] - exact) <= bound + 1e-12
         assert bound <= 1.0 / num_bins  # scores spread over the bins: about 1 / (2 * num_bins)
-        # The binned AUROC is exactly the Mann-Whitney AUROC of the bin indices (ties count 1/2).
-        bins = np.clip((prob[valid] * num_bins).long().numpy(), 0, num_bins - 1)
-        assert m.compute()["auroc"] == pytest.approx(mann_whitney_auroc(bins, labels), abs=1e-12)
 
 
 def test_perfect_predictor_scores_one():
@@ -202,3 +204,13 @@ def test_precision_recall_curve():
         assert thresholds[k] == pytest.approx(k / 20)
         assert precision[k] == pytest.approx((predicted & labels).sum() / predicted.sum())
         assert recall[k] == pytest.approx((predicted & labels).sum() / labels.sum())
+
+
+def test_video_metrics_by_hand():
+    gt = [np.array([[1, 1, 0, 0]], bool)] * 3
+    pred = [np.array([[1, 1, 0, 0]]), np.array([[1, 0, 0, 0]]), np.array([[1, 1, 1, 0]])]
+    m = video_metrics(pred, gt)
+    assert m["J"] == pytest.approx((1 + 0.5 + 2 / 3) / 3)
+    assert m["iou"] == pytest.approx(5 / 7)
+    assert m["flicker"] == pytest.approx(3 / 8)  # 8 stable ground-truth pixel pairs, 3 predicted changes
+    assert m["frames"] == 3

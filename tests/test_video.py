@@ -1,5 +1,5 @@
 """`personseg video` end to end on short generated clips (with audio), and the video library's parts:
-temporal filter, tracker, recurrent model, metrics. Clips are 12 frames of 160x96 at 10 fps."""
+temporal filter, tracker, recurrent model. Clips are 12 frames of 160x96 at 10 fps."""
 import re
 from fractions import Fraction
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from personseg.cli import main
-from personseg.video import (Frame, PersonTracker, TemporalFilter, TemporalMedian, VideoError, process_video,
-                             video_metrics)
+from personseg.predict import InputSpec
+from personseg.video import Frame, PersonTracker, TemporalFilter, TemporalMedian, VideoError, process_video
 
 FPS, N, W, H = 10, 12, 160, 96
 
@@ -204,6 +204,33 @@ def test_recurrent_checkpoint_runs_through_the_video_path(clip, tmp_path):
         process_video(clip, tmp_path / "out2.mp4", predictor, track=True)
 
 
+def test_recurrent_step_keeps_tta_and_keep():
+    """`Predictor.step` preprocesses, mirrors (tta) and keeps the largest region as `predict` does."""
+    from personseg.models import create_model, is_recurrent
+    from personseg.predict import Predictor, keep_largest
+
+    torch.manual_seed(0)
+    model = create_model("recurrent_unet_mobilenet_v2", alpha=0.35)
+    frames = [picture(i) for i in range(3)]  # 160x96: the model's own size, so no resizing blurs the check
+
+    def run(frames, **kwargs):
+        predictor = Predictor(model, spec=InputSpec((W, H)), refine=False, **kwargs)
+        alphas, state = [], None
+        for rgb in frames:
+            alpha, state = predictor.step(rgb, state)
+            alphas.append(alpha)
+        return alphas
+
+    assert is_recurrent(model) and Predictor(model).recurrent
+    plain, mirrored = run(frames), run([np.ascontiguousarray(f[:, ::-1]) for f in frames])
+    for both, a, b in zip(run(frames, tta=True), plain, mirrored):  # each view carries its own state
+        np.testing.assert_allclose(both, (a + b[:, ::-1]) / 2, atol=1e-5)
+    for largest, a in zip(run(frames, keep="largest"), plain):
+        np.testing.assert_array_equal(largest, keep_largest(a, 0.5))
+    with pytest.raises(ValueError, match="recurrent"):
+        Predictor(create_model("unet_mobilenet_v2", alpha=0.35)).step(frames[0])
+
+
 # ------------------------------------------------------------------------------ temporal filter
 
 def square_clip(frames=12, step=4, size=20, height=90, width=160):
@@ -325,7 +352,7 @@ def test_temporal_median_handles_clips_shorter_than_its_window_and_new_sizes():
 
 class BrightPredictor:
     """Stands in for a Predictor: the 'person' is every bright pixel. Records the sizes it was given."""
-    threshold, info, input_size = 0.5, {}, (32, 18)
+    threshold, info, spec = 0.5, {}, InputSpec((32, 18))
 
     def __init__(self):
         self.sizes = []
@@ -426,18 +453,6 @@ def test_recurrent_model_starts_as_its_stateless_twin():
     assert change[True] < 0.05 * change[False]  # the state weighs in at 0.01 until training says otherwise
 
 
-# ------------------------------------------------------------------------------------ metrics
-
-def test_video_metrics_by_hand():
-    gt = [np.array([[1, 1, 0, 0]], bool)] * 3
-    pred = [np.array([[1, 1, 0, 0]]), np.array([[1, 0, 0, 0]]), np.array([[1, 1, 1, 0]])]
-    m = video_metrics(pred, gt)
-    assert m["J"] == pytest.approx((1 + 0.5 + 2 / 3) / 3)
-    assert m["iou"] == pytest.approx(5 / 7)
-    assert m["flicker"] == pytest.approx(3 / 8)  # 8 stable ground-truth pixel pairs, 3 predicted changes
-    assert m["frames"] == 3
-
-
 def test_missing_input_is_a_usage_error(tmp_path, video):
     code, err = video(tmp_path / "nope.mp4", "-o", tmp_path / "out.mp4")
     assert code == 2 and "no such file" in err
@@ -507,7 +522,7 @@ def test_sigterm_removes_temporary_outputs_and_the_next_run_removes_stale_ones(c
     import subprocess
     import sys
 
-    import personseg.video as video_module
+    from personseg import render
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
@@ -522,7 +537,7 @@ def test_sigterm_removes_temporary_outputs_and_the_next_run_removes_stale_ones(c
             os.kill(os.getpid(), signal.SIGTERM)
         return rgb
 
-    monkeypatch.setattr(video_module.render, "replace_background", replace_background)
+    monkeypatch.setattr(render, "replace_background", replace_background)
     before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or what an earlier test's library left (ray.init)
     with pytest.raises(SystemExit) as exited:
         process_video(clip, tmp_path / "o.mp4", BrightPredictor(), save_masks=tmp_path / "m")

@@ -24,3 +24,9 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def list_models() -> list[str]:
     return sorted(MODELS)
+
+
+def is_recurrent(model: nn.Module | None) -> bool:
+    """Whether `model` carries state from frame to frame: `forward(frames, state) -> (logits, state)`,
+    with `state_shapes(batch, height, width)` (the recurrent_* architectures; see models/recurrent.py)."""
+    return callable(getattr(model, "state_shapes", None))

@@ -1,0 +1,262 @@
+"""`process_video`: read frames, segment them, keep the masks steady over time, write the result.
+
+Three stages overlap in threads joined by bounded queues, so memory stays constant whatever the length:
+decode (`personseg.video.io` sources) -> segment in batches (`personseg.video.tracking`) and a temporal
+filter (`personseg.video.temporal`) -> render and encode (main thread). One output frame per decoded
+frame.
+
+Outputs are written under a temporary name beside the final path and renamed at the end. If the input
+turns out corrupt or truncated part-way, what was processed is finalized (a valid, playable file or a
+folder of whole PNGs) and kept as `NAME.partial.EXT` (`NAME.partial` for folders); the final path is
+never written, and a `VideoError` says where the partial output is. Nothing is kept when no frame was
+read.
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import av
+import numpy as np
+
+from personseg import render
+from personseg.predict import Predictor
+from personseg.tempfiles import sigterm_exits
+from personseg.video.io import (OUTPUT_EXTENSIONS, BackgroundVideo, CameraSource, Frame, PngFolderWriter,
+                                StagedOutput, VideoError, VideoWriter, error_reason, open_source)
+from personseg.video.temporal import make_temporal, smooth
+from personseg.video.tracking import make_segmenter
+
+OUTPUT_KINDS = ("composite", "alpha", "masks")
+
+
+def segment_frames(items: Iterable[Frame | Any], segmenter, temporal=None,
+                   batch_size: int = 4) -> Iterator[tuple[Frame, np.ndarray] | Any]:
+    """`Frame`s in, (frame, alpha) out, in order, `batch_size` frames per model call, through the
+    `temporal` filter if any (`make_temporal`); anything else (audio packets) passes straight through.
+    If the input raises `VideoError`, the frames read before it are still segmented and yielded, then
+    the error is raised."""
+    if temporal is not None:
+        yield from smooth(segment_frames(items, segmenter, None, batch_size), temporal)
+        return
+    batch: list[Frame] = []
+
+    def flush() -> Iterator[tuple[Frame, np.ndarray]]:
+        alphas = segmenter.predict_batch([f.rgb for f in batch], batch_size=batch_size) if batch else []
+        yield from zip(batch, alphas)
+        batch.clear()
+
+    try:
+        for item in items:
+            if isinstance(item, Frame):
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    yield from flush()
+            else:
+                yield item
+    except VideoError:
+        yield from flush()
+        raise
+    yield from flush()
+
+
+def _in_thread(iterable: Iterable, maxsize: int) -> Iterator:
+    """Iterate `iterable` in a daemon thread, at most `maxsize` items ahead; its exceptions are raised
+    here, after the items produced before them. Leaving the loop early stops the thread."""
+    items: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run() -> None:
+        iterator = iter(iterable)
+        try:
+            for item in iterator:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put(("error", e))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "item":
+                yield value
+            elif kind == "end":
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@dataclass
+class VideoSummary:
+    frames: int
+    seconds: float
+    outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def output_is_folder(output: Path, output_kind: str) -> bool:
+    """alpha output: a .mov file (QuickTime Animation with alpha) or else a folder of RGBA PNGs."""
+    return output_kind == "alpha" and output.suffix.lower() != ".mov"
+
+
+def check_outputs(output: Path, output_kind: str, save_masks: Path | None, overwrite: bool,
+                  source_path: Path | None = None) -> None:
+    """Raise ValueError or FileExistsError (with the fix) before any work is done."""
+    if output_kind not in OUTPUT_KINDS:
+        raise ValueError(f"output kind {output_kind!r}: choose {', '.join(OUTPUT_KINDS)}")
+    if not output_is_folder(output, output_kind) and output.suffix.lower() not in OUTPUT_EXTENSIONS:
+        hint = " (or a folder name for PNGs)" if output_kind == "alpha" else ""
+        raise ValueError(f"{output}: the output needs a video extension ({', '.join(sorted(OUTPUT_EXTENSIONS))}){hint}")
+    folders = {save_masks, output if output_is_folder(output, output_kind) else None} - {None}
+    for path in filter(None, [output, save_masks]):
+        if source_path is not None:
+            src, dst = source_path.resolve(), path.resolve()
+            if dst == src or dst in src.parents:
+                raise ValueError(f"{path}: writing there would replace the input; choose another path")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists (use --overwrite to replace it)")
+        if path.exists() and (path in folders) != path.is_dir():
+            raise ValueError(f"{path} exists and is {'not ' if path in folders else ''}a folder; choose another path")
+        if path in folders and path.is_dir() and any(p.suffix.lower() != ".png" for p in path.iterdir()):
+            # --overwrite replaces the whole folder: only ever one of our PNG outputs
+            raise ValueError(f"{path} holds files other than PNGs; --overwrite only replaces a folder of "
+                             "PNG frames, choose another folder")
+    if save_masks is not None and save_masks.resolve() == output.resolve():
+        raise ValueError("--save-masks and -o must be different paths")
+
+
+def process_video(source: str | Path | int, output: str | Path, predictor: Predictor, *,
+                  background: render.Background | BackgroundVideo = "blur", output_kind: str = "composite",
+                  save_masks: str | Path | None = None, temporal: str = "off", hysteresis: float | None = None,
+                  track: bool = False, batch_size: int = 4, threshold: float | None = None, overwrite: bool = False,
+                  fps: float | None = None, progress: bool = False, queue_size: int | None = None) -> VideoSummary:
+    """Segment a video (file, folder of frames or camera index) into `output`; see the module doc.
+
+    output_kind "composite": the person over `background` (H.264 mp4/mov/mkv, audio copied); "masks": the
+    0/255 mask as a video (audio copied); "alpha": RGBA, a .mov (QuickTime Animation) or a PNG folder.
+    `save_masks`: a folder for 0/255 PNG masks named by 0-based frame index. `temporal`: off, median
+    (`TemporalMedian`), ema or flow (`TemporalFilter`), with `hysteresis` (None: the mode's default).
+    `track`: segment a crop around the person (`PersonTracker`). `fps` is the frame rate of folders and
+    cameras. Raises `VideoError` (bad input, with `partial` set if
+    something was kept), ValueError, FileNotFoundError or FileExistsError (bad arguments, nothing
+    written).
+    """
+    output = Path(output)
+    save_masks = Path(save_masks) if save_masks is not None else None
+    threshold = predictor.threshold if threshold is None else threshold
+    smoother = make_temporal(temporal, threshold, hysteresis)
+    segmenter = make_segmenter(predictor, track, threshold)
+    src = open_source(source, fps)
+    try:
+        check_outputs(output, output_kind, save_masks, overwrite, None if isinstance(src, CameraSource) else src.path)
+        with sigterm_exits():  # SIGTERM removes the temporary outputs, as Ctrl-C does
+            return _run(src, output, output_kind, save_masks, segmenter, smoother, background, threshold,
+                        batch_size, overwrite, progress, queue_size or 2 * batch_size)
+    finally:
+        src.close()
+        if isinstance(background, BackgroundVideo):
+            background.close()
+
+
+def _run(src, output: Path, output_kind: str, save_masks: Path | None, segmenter, smoother, background,
+         threshold: float, batch_size: int, overwrite: bool, progress: bool, queue_size: int) -> VideoSummary:
+    """The pipeline of `process_video`, once its arguments are checked: stage, stream, finalize."""
+    staged: list[StagedOutput] = []
+    writers: list = []
+    if output_is_folder(output, output_kind):
+        staged.append(StagedOutput(output, folder=True))
+        writers.append(PngFolderWriter(staged[-1].temp))
+    else:
+        staged.append(StagedOutput(output, folder=False))
+        codec = ("qtrle", "argb") if output_kind == "alpha" else ("libx264", "yuv420p")
+        writers.append(VideoWriter(staged[-1].temp, *codec, rate=src.rate, audio=src.audio))
+    if save_masks is not None:
+        staged.append(StagedOutput(save_masks, folder=True))
+        writers.append(PngFolderWriter(staged[-1].temp))
+
+    def picture(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        if output_kind == "alpha":
+            return render.cutout(rgb, alpha)
+        if output_kind == "masks":
+            return np.repeat(render.mask(alpha, threshold)[..., None], 3, axis=2)
+        back = background.next() if isinstance(background, BackgroundVideo) else background
+        return render.replace_background(rgb, alpha, back)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=src.frames or None, unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    start, frames, failure = time.perf_counter(), 0, None
+    pipeline = _in_thread(segment_frames(_in_thread(src, queue_size), segmenter, smoother, batch_size), queue_size)
+    try:
+        try:
+            for item in pipeline:
+                if not isinstance(item, tuple):
+                    for writer in writers:
+                        writer.mux_audio(item)
+                    continue
+                frame, alpha = item
+                writers[0].write(picture(frame.rgb, alpha), frame)
+                if save_masks is not None:
+                    writers[1].write(render.mask(alpha, threshold), frame)
+                frames += 1
+                bar.update()
+        except KeyboardInterrupt:
+            if not isinstance(src, CameraSource):
+                failure = VideoError(f"{src.path}: interrupted after {frames} frames")
+        except VideoError as e:
+            failure = e
+        except (OSError, av.FFmpegError) as e:
+            raise VideoError(f"{output}: cannot write the output ({error_reason(e)})") from None
+        finally:
+            pipeline.close()
+            bar.close()
+            for writer in writers:
+                writer.close()
+    except BaseException:
+        for s in staged:
+            s.discard()
+        raise
+    seconds = time.perf_counter() - start
+
+    if failure is not None or frames == 0:
+        if frames == 0:
+            for s in staged:
+                s.discard()
+            raise failure or VideoError(f"{src.path}: no frames to read")
+        kept = [s.keep_partial() for s in staged]
+        raise VideoError(f"{failure}; the {frames} frames before it are in {', '.join(map(str, kept))}",
+                         partial=kept[0])
+    try:
+        outputs = [s.commit(overwrite) for s in staged]
+    except FileExistsError:
+        for s in staged:
+            s.discard()
+        raise
+    return VideoSummary(frames, seconds, outputs)
