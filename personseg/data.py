@@ -59,6 +59,14 @@ def read_gray(path: Path) -> np.ndarray:
     return img if img.ndim == 2 else img[..., 0]
 
 
+def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The RGB image and its one-channel mask (or label map), resized to the image (nearest) if needed."""
+    image, gray = read_rgb(image_path), read_gray(mask_path)
+    if gray.shape != image.shape[:2]:
+        gray = cv2.resize(gray, image.shape[1::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+    return image, gray
+
+
 _mask_size_reports: dict[str, int] = {}
 _screened: dict[str, list[tuple[Path, Path]]] = {}
 
@@ -179,10 +187,7 @@ class FolderPairs(SegDataset):
 
     def load(self, i: int, seed: int) -> dict[str, Any]:
         img_path, mask_path = self.pairs[i]
-        image = read_rgb(img_path)
-        gray = read_gray(mask_path)
-        if gray.shape != image.shape[:2]:
-            gray = cv2.resize(gray, image.shape[1::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+        image, gray = read_pair(img_path, mask_path)
         mask, valid = decode_mask(gray)
         return {"image": image, "mask": mask, "valid": valid, "name": img_path.stem}
 
@@ -221,10 +226,7 @@ class LabelMaps(SegDataset):
 
     def load(self, i: int, seed: int) -> dict[str, Any]:
         img_path, label_path = self.pairs[i]
-        image = read_rgb(img_path)
-        labels = read_gray(label_path)
-        if labels.shape != image.shape[:2]:
-            labels = cv2.resize(labels, image.shape[1::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+        image, labels = read_pair(img_path, label_path)
         raw = {"image": image, "mask": (labels != 0).astype(np.uint8), "name": img_path.stem}
         if self.return_labels:
             raw["labels"] = labels if self.lut is None else self.lut[labels]
