@@ -181,8 +181,9 @@ class SegLoss(nn.Module):
         return self.boundary_weight
 
     def forward(self, logits: Tensor, target: Tensor, valid: Tensor | None = None,
-                sdm: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """(B, 1, H, W) inputs -> (scalar total loss, {term name: detached float} for logging).
+                sdm: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(B, 1, H, W) inputs -> (scalar total loss, {term name: detached scalar tensor} for logging;
+        tensors, so that logging only the steps it needs does not wait for the GPU at every step).
 
         The boundary term is added only when `boundary_weight` > 0 and `sdm` is given.
         """
@@ -195,4 +196,4 @@ class SegLoss(nn.Module):
             parts["boundary"] = boundary_loss(logits, sdm, valid)
             total = total + self.boundary_weight * parts["boundary"]
         parts["total"] = total
-        return total, {name: float(value.detach()) for name, value in parts.items()}
+        return total, {name: value.detach() for name, value in parts.items()}

@@ -10,6 +10,10 @@ The seed schedule (`schedule.scheduler: plateau`): when pooled validation IoU ha
 `schedule.patience` evaluations, lr drops to `schedule.lr_after_plateau` and the boundary loss
 enters, its weight growing by `loss.boundary_step` at the end of every epoch.
 
+`train` reads top to bottom: `setup_distributed`, `build_loaders`, `build_model`, then `fit`, the
+loop, which calls `train_step` and `evaluate_and_save`. `TrainState` is what a resumed run needs
+besides the weights; `Schedule` turns it into the learning rate and updates it after every step.
+
 `--qat` (`qat: true`) fine-tunes with fake int8 quantization (personseg.qat), usually from a float
 checkpoint given as `model.init`; its checkpoints are float and export with `personseg export --int8`.
 """
@@ -22,7 +26,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +96,183 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class Runtime:
+    """Where this process computes: torchrun's RANK, LOCAL_RANK and WORLD_SIZE (0, 0 and 1 without
+    torchrun), its device, the autocast dtype (None: off) and the memory format of inputs and weights."""
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+
+    @property
+    def master(self) -> bool:
+        """Rank 0: the one process that writes files."""
+        return self.rank == 0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+
+@dataclass
+class Loaders:
+    train: DataLoader  # this rank's share of the mix (a MixSampler, resumable mid-epoch)
+    val: dict[str, DataLoader]  # a disjoint shard of each validation source
+    steps_per_epoch: int  # optimizer steps
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs besides weights, optimizer, scaler and RNG. last.pt holds it as the
+    dict of these fields (`extra["state"]`), the keys it always had."""
+    step: int = 0  # optimizer steps done
+    best_iou: float = -1.0  # the plateau detector's best pooled validation IoU
+    bad_evals: int = 0  # evaluations since that last improved
+    plateaued: bool = False
+    lr_scale: float = 1.0  # reduce_on_plateau's factor so far
+    boundary_weight: float = 0.0
+    best_saved_iou: float = -1.0  # the pooled validation IoU of best.pt
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainState:
+        """From a checkpoint's dict; a key it lacks keeps its default, a key this code lacks is dropped."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
+
+
+class Schedule:
+    """The learning rate, the plateau detector and the boundary-loss ramp of `cfg.schedule` and
+    `cfg.loss`. Their state is in a TrainState, so it is saved and resumed with it."""
+
+    def __init__(self, cfg: TrainConfig, total_steps: int):
+        self.cfg, self.total_steps = cfg, total_steps
+
+    def lr(self, state: TrainState) -> float:
+        """The learning rate of the next optimizer step."""
+        cfg, s, step = self.cfg, self.cfg.schedule, state.step
+        if s.scheduler == "cosine":
+            lr = s.min_lr + (cfg.optim.lr - s.min_lr) * 0.5 * (1 + math.cos(math.pi * step / self.total_steps))
+        elif s.scheduler == "plateau":
+            lr = s.lr_after_plateau if state.plateaued else cfg.optim.lr
+        else:  # reduce_on_plateau
+            lr = max(cfg.optim.lr * state.lr_scale, s.min_lr)
+        if step < cfg.optim.warmup_steps:
+            lr *= (step + 1) / cfg.optim.warmup_steps
+        return lr
+
+    def update(self, state: TrainState, end_of_epoch: bool, iou: float | None = None) -> bool:
+        """After every optimizer step: the pooled IoU of a scheduled evaluation goes to the plateau
+        detector; then, at the end of an epoch once plateaued, the boundary weight grows by
+        `loss.boundary_step`. Returns True at the first plateau."""
+        first = iou is not None and self._plateau(state, iou)
+        if end_of_epoch and state.plateaued:
+            loss = self.cfg.loss
+            state.boundary_weight = min(state.boundary_weight + loss.boundary_step, loss.boundary_max)
+        return first
+
+    def _plateau(self, state: TrainState, iou: float) -> bool:
+        """After `patience` evaluations without improvement the run has plateaued: lr drops and the
+        boundary loss enters (reduce_on_plateau scales lr by `factor`, again at every plateau).
+        Returns True at the first plateau."""
+        s = self.cfg.schedule
+        if iou > state.best_iou + s.min_delta:
+            state.best_iou, state.bad_evals = iou, 0
+            return False
+        state.bad_evals += 1
+        if state.bad_evals < s.patience:
+            return False
+        first = not state.plateaued
+        state.plateaued = True
+        if s.scheduler == "reduce_on_plateau":
+            state.lr_scale *= s.factor
+            state.bad_evals = 0
+        return first
+
+
+@dataclass
+class Run:
+    """What `train` builds once and the loop's helpers share."""
+    cfg: TrainConfig
+    rt: Runtime
+    out: Path
+    loaders: Loaders
+    model: torch.nn.Module  # what checkpoints hold
+    net: torch.nn.Module  # what runs: the model, or a recurrent model through clips (stills as one-frame clips)
+    ddp: torch.nn.Module  # what trains: `net`, under torchrun wrapped in DistributedDataParallel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: SegLoss
+    schedule: Schedule
+    writer: object | None  # TensorBoard's SummaryWriter, on rank 0 with `tensorboard: true`
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
     """Train per `cfg`, writing into `out_dir`; returns {"model": unwrapped model, "metrics": last evaluation}."""
-    # processes: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
+    rt, out = setup_distributed(cfg), Path(out_dir)
+    loaders = build_loaders(cfg, rt)
+    model = build_model(cfg, rt)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    state = TrainState(boundary_weight=cfg.loss.boundary_weight)
+    seed_everything(cfg.seed + rt.rank)
+    if resume:
+        state = load_training_state(out / "last.pt", model, optimizer, scaler, rt.rank, rt.master)
+    net = ClipRunner(model, rt.memory_format) if isinstance(model, RecurrentUNetMobileNet) else model
+    ddp = DDP(net, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if rt.world > 1 else net
+    run = Run(cfg, rt, out, loaders, model, net, ddp, optimizer, scaler,
+              criterion=SegLoss(cfg.loss.bce_weight, cfg.loss.region_weight, cfg.loss.region),
+              schedule=Schedule(cfg, cfg.max_steps or cfg.epochs * loaders.steps_per_epoch),
+              writer=open_run_folder(cfg, out, state.step) if rt.master else None)
+    metrics = fit(run, state)
+    if run.writer:
+        run.writer.close()
+    if rt.world > 1:
+        dist.destroy_process_group()
+    return {"model": model, "metrics": metrics}
+
+
+def fit(run: Run, state: TrainState) -> dict:
+    """The loop: optimizer steps to the last (or until the time budget is spent), a log line every
+    `log_every` steps, an evaluation and checkpoint every `eval_every` (0: every epoch) and at the end.
+    Returns the last evaluation's metrics."""
+    cfg, per_epoch = run.cfg, run.loaders.steps_per_epoch
+    stop_at, metrics, start = run.schedule.total_steps, {}, time.time()
+    train_start = start  # the training clock: evaluations move it forward, so they do not count
+    pbar = tqdm(total=stop_at, initial=state.step, disable=not run.rt.master, desc="train", dynamic_ncols=True)
+    while state.step < stop_at:
+        epoch = state.step // per_epoch
+        batches = start_epoch(run, state, epoch)
+        for _ in range(state.step % per_epoch, per_epoch):
+            lr = run.schedule.lr(state)
+            parts = train_step(run, batches, lr)
+            state.step += 1
+            step, end_of_epoch = state.step, state.step % per_epoch == 0
+            train_seconds = time.time() - train_start
+            if cfg.time_budget > 0 and out_of_time(train_seconds, cfg.time_budget, run.rt):
+                stop_at = step  # the budget is spent: a final evaluation and checkpoint, then stop
+            if step % cfg.log_every == 0 or step == stop_at:
+                log_losses(run, pbar, parts, step=step, epoch=epoch, lr=lr,
+                           boundary_weight=run.criterion.boundary_weight, time=round(time.time() - start, 2))
+            pbar.update(1)
+            scheduled = step % cfg.eval_every == 0 if cfg.eval_every else end_of_epoch
+            if scheduled or step == stop_at:  # an extra final evaluation does not count for the schedule
+                t_eval = time.time()
+                record = {"step": step, "epoch": epoch, "lr": lr, "train_seconds": round(train_seconds, 1)}
+                metrics = evaluate_and_save(run, state, record, scheduled, end_of_epoch)
+                train_start += time.time() - t_eval
+            else:
+                run.schedule.update(state, end_of_epoch)  # no IoU: at an epoch's end, the boundary-loss ramp
+            if step >= stop_at:
+                break
+    pbar.close()
+    return metrics
+
+
+def setup_distributed(cfg: TrainConfig) -> Runtime:
+    """The process group under torchrun (nccl on GPUs, gloo on CPUs), CPU threads, autocast dtype."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -102,145 +282,142 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    master, out = rank == 0, Path(out_dir)
-    amp_dtype = resolve_amp(cfg.amp, device)
-    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return Runtime(rank, local_rank, world, device, resolve_amp(cfg.amp, device), memory_format)
 
-    # data: every rank draws the same mix and keeps its share; validation shards are disjoint
+
+def build_loaders(cfg: TrainConfig, rt: Runtime) -> Loaders:
+    """Every rank draws the same training mix and keeps its share; validation shards are disjoint."""
     train_set = build_train_dataset(cfg)
-    sampler = build_train_sampler(train_set, cfg, rank, world)
+    sampler = build_train_sampler(train_set, cfg, rt.rank, rt.world)
     batch, accum = cfg.optim.batch_size, cfg.optim.grad_accum
-    loader_args = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-    loader = DataLoader(train_set, batch, sampler=sampler, drop_last=True, **loader_args,
+    common = dict(num_workers=cfg.data.num_workers, pin_memory=rt.device.type == "cuda")
+    loader = DataLoader(train_set, batch, sampler=sampler, drop_last=True, **common,
                         generator=torch.Generator().manual_seed(cfg.seed))  # leaves the global RNG alone
     val_batch = 1 if cfg.data.tall_share > 0 else batch  # per-picture orientation: batches of one
-    val_loaders = {name: DataLoader(ds, val_batch, sampler=range(rank, len(ds), world), **loader_args,
-                                    persistent_workers=cfg.data.num_workers > 0)
-                   for name, ds in build_val_datasets(cfg).items()}
+    val = {name: DataLoader(ds, val_batch, sampler=range(rt.rank, len(ds), rt.world), **common,
+                            persistent_workers=cfg.data.num_workers > 0)
+           for name, ds in build_val_datasets(cfg).items()}
     steps_per_epoch = sampler.per_rank // batch // accum
     if steps_per_epoch == 0:
         raise ValueError(f"an epoch of {sampler.per_rank} samples per rank is less than one optimizer step "
                          f"(batch {batch} x grad_accum {accum}); raise data.samples_per_epoch or lower them")
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    return Loaders(loader, val, steps_per_epoch)
 
-    # model, optimizer, loss; `state` is everything else a resumed run needs
-    torch.manual_seed(cfg.seed)  # the same initial weights for any number of ranks
+
+def build_model(cfg: TrainConfig, rt: Runtime) -> torch.nn.Module:
+    """`cfg.model` on the device, with the same initial weights on every rank (or `model.init`'s)."""
+    torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.name, **cfg.model.kwargs)
     if cfg.model.init:
-        load_init(model, cfg.model.init, master)
+        load_init(model, cfg.model.init, rt.master)
     if cfg.qat:  # fake int8; its state_dict stays the float model's, so checkpoints and --resume are unchanged
         model = QATModel(model)
-    model = model.to(device, memory_format=memory_format)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                  weight_decay=cfg.optim.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    criterion = SegLoss(cfg.loss.bce_weight, cfg.loss.region_weight, cfg.loss.region)
-    state = {"step": 0, "best_iou": -1.0, "bad_evals": 0, "plateaued": False, "lr_scale": 1.0,
-             "boundary_weight": cfg.loss.boundary_weight, "best_saved_iou": -1.0}
-    seed_everything(cfg.seed + rank)
-    if resume:
-        state = load_training_state(out / "last.pt", model, optimizer, scaler, rank, master)
-    raw_model = model  # what checkpoints hold
-    # `net` is what runs: a recurrent model through clips (stills as one-frame clips)
-    net = ClipRunner(model, memory_format) if isinstance(model, RecurrentUNetMobileNet) else model
-    model = DDP(net, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else net
+    return model.to(rt.device, memory_format=rt.memory_format)
 
-    writer = None
-    if master:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(out / "tb", purge_step=state["step"] or None)
-    pbar = tqdm(total=total_steps, initial=state["step"], disable=not master, desc="train", dynamic_ncols=True)
-    metrics, t0, train_seconds = {}, time.time(), 0.0
 
-    while state["step"] < total_steps:
-        epoch = state["step"] // steps_per_epoch
-        sampler.set_epoch(epoch, skip=(state["step"] % steps_per_epoch) * accum * batch)
-        train_set.set_sdm(state["boundary_weight"] > 0)  # workers start per epoch and see this
-        criterion.boundary_weight = state["boundary_weight"]
-        batches = iter(loader)
-        for _ in range(state["step"] % steps_per_epoch, steps_per_epoch):
-            t_step = time.time()
-            lr = lr_at(cfg, state, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            train_mode(model, cfg.model.freeze_bn)
-            parts_sum: dict[str, float] = {}
-            for micro in range(accum):
-                b = next(batches)
-                if "frames" in b:  # clips (B, T, ...): the ClipRunner gives (B * T, ...) logits
-                    x = b["frames"].to(device, non_blocking=True)
-                    b = {k: b[k].flatten(0, 1) for k in ("masks", "valid", "sdm") if k in b}
-                    b["mask"] = b.pop("masks")
-                else:
-                    x = b["image"].to(device, non_blocking=True, memory_format=memory_format)
-                target, valid = b["mask"].to(device), b["valid"].to(device)
-                sdm = b["sdm"].to(device) if "sdm" in b else None
-                sync = micro == accum - 1 or world == 1  # all-reduce gradients on the last micro-step only
-                with nullcontext() if sync else model.no_sync():
-                    with autocast():
-                        logits = model(x)
-                    loss, parts = criterion(logits.float(), target, valid, sdm)
-                    scaler.scale(loss / accum).backward()
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + v / accum
-            if cfg.optim.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            step, end_of_epoch = state["step"], state["step"] % steps_per_epoch == 0
-            train_seconds += time.time() - t_step
-            if cfg.time_budget > 0 and out_of_time(train_seconds, cfg.time_budget, world, device):
-                total_steps = step  # the budget is spent: a final evaluation and checkpoint, then stop
+def open_run_folder(cfg: TrainConfig, out: Path, step: int):
+    """Rank 0's RUNDIR with its config.yaml; returns a TensorBoard writer that drops events past
+    `step` (those of a killed run), or None with `tensorboard: false`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if not cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
 
-            if step % cfg.log_every == 0 or step == total_steps:
-                parts_sum = mean_over_ranks(parts_sum, device) if world > 1 else parts_sum
-                pbar.set_postfix(loss=f"{parts_sum['total']:.4f}", lr=f"{lr:.2e}")
-                if master:
-                    log_losses(out, writer, parts_sum, step=step, epoch=epoch, lr=lr,
-                               boundary_weight=criterion.boundary_weight, time=round(time.time() - t0, 2))
-            pbar.update(1)
+    return SummaryWriter(out / "tb", purge_step=step or None)
 
-            scheduled = (step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
-            evaluate_now = scheduled or step == total_steps
-            if evaluate_now:
-                if world > 1:  # BatchNorm statistics drift apart across ranks: evaluate (and save) rank 0's
-                    for buffer in raw_model.buffers():
-                        dist.broadcast(buffer, 0)
-                metrics = evaluate(net, val_loaders, device, autocast, memory_format)
-                iou = metrics["pooled"]["iou"]
-                if scheduled and update_schedule(state, iou, cfg) and master:  # an extra final eval does not count
-                    tqdm.write(f"step {step}: val IoU plateaued at {state['best_iou']:.4f}, boundary loss on, lr down")
-            if end_of_epoch and state["plateaued"]:
-                state["boundary_weight"] = min(state["boundary_weight"] + cfg.loss.boundary_step, cfg.loss.boundary_max)
-            if evaluate_now:
-                improved = iou > state["best_saved_iou"]
-                state["best_saved_iou"] = max(iou, state["best_saved_iou"])
-                rng = gather_rng_states(world)  # a collective: every rank calls it
-                if master:
-                    meta = {"config": to_dict(cfg), "step": step, "epoch": epoch, "metrics": metrics}
-                    extra = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                             "state": dict(state), "rng": rng, "world_size": world}
-                    save_checkpoints(out, raw_model, cfg, meta, extra, best=improved)
-                    append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, "lr": lr,
-                                                         "train_seconds": round(train_seconds, 1), **{
-                        k: state[k] for k in ("boundary_weight", "plateaued", "bad_evals")}, "metrics": metrics})
-                    log_eval(writer, net, val_loaders, metrics, device, memory_format, step)
-            if step >= total_steps:
-                break
 
-    pbar.close()
-    if writer:
-        writer.close()
-    if world > 1:
-        dist.destroy_process_group()
-    return {"model": raw_model, "metrics": metrics}
+def start_epoch(run: Run, state: TrainState, epoch: int) -> Iterator[dict]:
+    """The epoch's batches from `state.step` on (a resumed run skips those it trained on)."""
+    cfg, loader = run.cfg, run.loaders.train
+    loader.sampler.set_epoch(epoch, skip=(state.step % run.loaders.steps_per_epoch) * cfg.optim.grad_accum
+                             * cfg.optim.batch_size)
+    loader.dataset.set_sdm(state.boundary_weight > 0)  # workers start per epoch and see this
+    run.criterion.boundary_weight = state.boundary_weight
+    return iter(loader)
+
+
+def train_step(run: Run, batches: Iterator[dict], lr: float) -> dict[str, torch.Tensor]:
+    """One optimizer step over `optim.grad_accum` micro-batches. Returns the loss terms averaged over
+    them as float64 tensors on the device: numbers only when logged, so a step does not wait for the GPU."""
+    cfg, model, optimizer, scaler, accum = run.cfg, run.ddp, run.optimizer, run.scaler, run.cfg.optim.grad_accum
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    train_mode(model, cfg.model.freeze_bn)
+    parts_sum: dict[str, torch.Tensor] = {}
+    for micro in range(accum):
+        x, target, valid, sdm = to_device(next(batches), run.rt)
+        sync = micro == accum - 1 or run.rt.world == 1  # all-reduce gradients on the last micro-step only
+        with nullcontext() if sync else model.no_sync():
+            with run.rt.autocast():
+                logits = model(x)
+            loss, parts = run.criterion(logits.float(), target, valid, sdm)
+            scaler.scale(loss / accum).backward()
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + v.double() / accum
+    if cfg.optim.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return parts_sum
+
+
+def to_device(b: dict, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A batch's (input, mask, valid, sdm or None) on the device. Clips keep their (B, T, ...) frames;
+    their targets become (B * T, ...), as the ClipRunner's logits are."""
+    if "frames" in b:
+        x = b["frames"].to(rt.device, non_blocking=True)
+        b = {k: b[k].flatten(0, 1) for k in ("masks", "valid", "sdm") if k in b}
+        b["mask"] = b.pop("masks")
+    else:
+        x = b["image"].to(rt.device, non_blocking=True, memory_format=rt.memory_format)
+    sdm = b["sdm"].to(rt.device) if "sdm" in b else None
+    return x, b["mask"].to(rt.device), b["valid"].to(rt.device), sdm
+
+
+def log_losses(run: Run, pbar: tqdm, parts: dict[str, torch.Tensor], **fields) -> None:
+    """The loss terms as numbers, averaged over ranks, on the progress bar; rank 0 writes them to
+    log.jsonl (`fields`, loss = the total, then its terms) and TensorBoard."""
+    values = mean_over_ranks(parts, run.rt.world)
+    pbar.set_postfix(loss=f"{values['total']:.4f}", lr=f"{fields['lr']:.2e}")
+    if not run.rt.master:
+        return
+    append_jsonl(run.out / "log.jsonl",
+                 {**fields, "loss": values["total"], **{k: v for k, v in values.items() if k != "total"}})
+    if run.writer:
+        for k, v in values.items():
+            run.writer.add_scalar(f"train/{k}", v, fields["step"])
+        run.writer.add_scalar("train/lr", fields["lr"], fields["step"])
+
+
+def evaluate_and_save(run: Run, state: TrainState, record: dict, scheduled: bool, end_of_epoch: bool) -> dict:
+    """Evaluate rank 0's weights and update the schedule (with the IoU when `scheduled`); then rank 0
+    saves last.pt (best.pt too on a new best), appends `record` (step, epoch, lr, train_seconds) with
+    the schedule's state and the metrics to metrics.jsonl, and logs them. Every rank calls this."""
+    rt = run.rt
+    if rt.world > 1:  # BatchNorm statistics drift apart across ranks: evaluate (and save) rank 0's
+        for buffer in run.model.buffers():
+            dist.broadcast(buffer, 0)
+    metrics = evaluate(run.net, run.loaders.val, rt.device, rt.autocast, rt.memory_format)
+    iou = metrics["pooled"]["iou"]
+    if run.schedule.update(state, end_of_epoch, iou if scheduled else None) and rt.master:
+        tqdm.write(f"step {state.step}: val IoU plateaued at {state.best_iou:.4f}, boundary loss on, lr down")
+    improved = iou > state.best_saved_iou
+    state.best_saved_iou = max(iou, state.best_saved_iou)
+    rng = gather_rng_states(rt.world)  # a collective: every rank calls it
+    if rt.master:
+        meta = {"config": to_dict(run.cfg), "step": state.step, "epoch": record["epoch"], "metrics": metrics}
+        extra = {"optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+                 "state": asdict(state), "rng": rng, "world_size": rt.world}
+        save_checkpoints(run.out, run.model, run.cfg, meta, extra, best=improved)
+        append_jsonl(run.out / "metrics.jsonl", {**record, "boundary_weight": state.boundary_weight,
+                                                 "plateaued": state.plateaued, "bad_evals": state.bad_evals,
+                                                 "metrics": metrics})
+        log_eval(run.writer, run.net, run.loaders.val, metrics, rt.device, rt.memory_format, state.step)
+    return metrics
 
 
 @torch.no_grad()
@@ -261,37 +438,6 @@ def evaluate(model: torch.nn.Module, loaders: dict[str, DataLoader], device: tor
         pooled.merge(metrics)
     results["pooled"] = pooled.compute()
     return results
-
-
-def update_schedule(state: dict, iou: float, cfg: TrainConfig) -> bool:
-    """Plateau detector on pooled validation IoU: after `patience` evaluations without improvement the
-    boundary loss is switched on (and reduce_on_plateau scales lr by `factor`, again at every plateau).
-    Returns True at the first plateau."""
-    if iou > state["best_iou"] + cfg.schedule.min_delta:
-        state["best_iou"], state["bad_evals"] = iou, 0
-        return False
-    state["bad_evals"] += 1
-    if state["bad_evals"] < cfg.schedule.patience:
-        return False
-    first = not state["plateaued"]
-    state["plateaued"] = True
-    if cfg.schedule.scheduler == "reduce_on_plateau":
-        state["lr_scale"] *= cfg.schedule.factor
-        state["bad_evals"] = 0
-    return first
-
-
-def lr_at(cfg: TrainConfig, state: dict, total_steps: int) -> float:
-    s, step = cfg.schedule, state["step"]
-    if s.scheduler == "cosine":
-        lr = s.min_lr + (cfg.optim.lr - s.min_lr) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-    elif s.scheduler == "plateau":
-        lr = s.lr_after_plateau if state["plateaued"] else cfg.optim.lr
-    else:  # reduce_on_plateau
-        lr = max(cfg.optim.lr * state["lr_scale"], s.min_lr)
-    if step < cfg.optim.warmup_steps:
-        lr *= (step + 1) / cfg.optim.warmup_steps
-    return lr
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -342,7 +488,7 @@ def gather_rng_states(world: int) -> list[dict]:
     return states
 
 
-def load_training_state(path: Path, model, optimizer, scaler, rank: int, master: bool) -> dict:
+def load_training_state(path: Path, model, optimizer, scaler, rank: int, master: bool) -> TrainState:
     """Restore weights, optimizer, scaler and RNG from last.pt; drop log lines past its step."""
     ckpt = read_checkpoint(path)
     if "extra" not in ckpt:
@@ -357,14 +503,14 @@ def load_training_state(path: Path, model, optimizer, scaler, rank: int, master:
     scaler.load_state_dict(ckpt["extra"]["scaler"])
     rngs = ckpt["extra"]["rng"]
     set_rng_state(rngs[rank % len(rngs)])
-    state = dict(ckpt["extra"]["state"])
+    state = TrainState.from_dict(ckpt["extra"]["state"])
     if master:  # a killed run may have logged past its last checkpoint
         for name in ("log.jsonl", "metrics.jsonl"):
             if (path.parent / name).is_file():
                 lines = (path.parent / name).read_text().splitlines()
-                kept = [line for line in lines if _logged_step(path.parent / name, line) <= state["step"]]
+                kept = [line for line in lines if _logged_step(path.parent / name, line) <= state.step]
                 (path.parent / name).write_text("".join(line + "\n" for line in kept))
-        tqdm.write(f"resuming {path} at step {state['step']}")
+        tqdm.write(f"resuming {path} at step {state.step}")
     return state
 
 
@@ -403,19 +549,23 @@ def load_init(model: torch.nn.Module, path: str, master: bool) -> None:
         tqdm.write(f"model.init {path}: {len(missing)} tensors of the recurrent cells start fresh")
 
 
-def out_of_time(seconds: float, budget_minutes: float, world: int, device: torch.device) -> bool:
+def out_of_time(seconds: float, budget_minutes: float, rt: Runtime) -> bool:
     """Has training (evaluations excluded) used its budget? Rank 0's clock decides for every rank."""
-    flag = torch.tensor([float(seconds > budget_minutes * 60)], device=device)
-    if world > 1:
-        dist.broadcast(flag, 0)
+    spent = seconds > budget_minutes * 60
+    if rt.world == 1:
+        return spent
+    flag = torch.tensor([float(spent)], device=rt.device)
+    dist.broadcast(flag, 0)
     return bool(flag.item())
 
 
-def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    names = sorted(values)
-    t = torch.tensor([values[k] for k in names], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: v / dist.get_world_size() for k, v in zip(names, t.tolist())}
+def mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """Scalar tensors -> their means over the ranks, as numbers (every rank must call this)."""
+    t = torch.stack(list(values.values()))
+    if world > 1:
+        dist.all_reduce(t)
+        t /= world
+    return dict(zip(values, t.tolist()))
 
 
 def save_checkpoints(out: Path, model, cfg: TrainConfig, meta: dict, extra: dict, best: bool) -> None:
@@ -425,16 +575,6 @@ def save_checkpoints(out: Path, model, cfg: TrainConfig, meta: dict, extra: dict
     if best:
         save_checkpoint(out / "best.pt", model, **ckpt)
     save_checkpoint(out / "last.pt", model, **ckpt, extra=extra)
-
-
-def log_losses(out: Path, writer, parts: dict[str, float], **fields) -> None:
-    """One log.jsonl line (loss = the total, then its parts) and the TensorBoard scalars."""
-    record = {**fields, "loss": parts["total"], **{k: v for k, v in parts.items() if k != "total"}}
-    append_jsonl(out / "log.jsonl", record)
-    if writer:
-        for k, v in parts.items():
-            writer.add_scalar(f"train/{k}", v, fields["step"])
-        writer.add_scalar("train/lr", fields["lr"], fields["step"])
 
 
 def append_jsonl(path: Path, record: dict) -> None:

@@ -205,7 +205,8 @@ def test_segloss_combines_terms():
     total, parts = crit(logits, target, sdm=sdm)  # boundary_weight 0: no boundary term
     expected = 0.6 * bce_loss(logits, target) + 0.4 * tversky_loss(logits, target)
     assert total.item() == pytest.approx(expected.item())
-    assert set(parts) == {"bce", "tversky", "total"} and all(type(v) is float for v in parts.values())
+    assert set(parts) == {"bce", "tversky", "total"}
+    assert all(v.ndim == 0 and not v.requires_grad for v in parts.values())  # detached: no GPU sync per step
 
     crit = SegLoss(region="gdl", boundary_weight=0.2)
     total, parts = crit(logits, target)  # no sdm: no boundary term
@@ -214,7 +215,7 @@ def test_segloss_combines_terms():
     expected = (0.6 * bce_loss(logits, target) + 0.4 * generalized_dice_loss(logits, target)
                 + 0.2 * boundary_loss(logits, sdm))
     assert total.item() == pytest.approx(expected.item())
-    assert parts["total"] == pytest.approx(total.item()) and set(parts) == {"bce", "gdl", "boundary", "total"}
+    assert parts["total"].item() == pytest.approx(total.item()) and set(parts) == {"bce", "gdl", "boundary", "total"}
 
 
 def test_segloss_step_boundary_and_bad_region():

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from personseg.checkpoint import load_checkpoint
 from personseg.cli import main
 from personseg.config import load_config
 from personseg.data import build_val_datasets
-from personseg.train import evaluate, lr_at, rng_state, set_rng_state, train, update_schedule
+from personseg.train import Schedule, TrainState, evaluate, rng_state, set_rng_state, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -105,20 +106,34 @@ def test_killed_run_resumes_with_the_same_loss_curve(data_dir, tmp_path):
 
 
 def test_plateau_schedule():
-    cfg = load_config(None, ["schedule.patience=2"])
-    state = {"step": 0, "best_iou": -1.0, "bad_evals": 0, "plateaued": False, "lr_scale": 1.0}
+    cfg = load_config(None, ["schedule.patience=2", "loss.boundary_step=0.4", "loss.boundary_max=0.5"])
+    schedule, state = Schedule(cfg, total_steps=100), TrainState()
+    firsts = []
     for iou in (0.5, 0.6, 0.6, 0.59):
-        assert lr_at(cfg, state, 100) == 1e-3
-        update_schedule(state, iou, cfg)
-    assert state["plateaued"] and lr_at(cfg, state, 100) == 3e-4
+        assert schedule.lr(state) == 1e-3
+        schedule.update(state, end_of_epoch=True)  # no plateau yet: the boundary loss stays off
+        firsts.append(schedule.update(state, end_of_epoch=False, iou=iou))
+    assert firsts == [False, False, False, True] and state.boundary_weight == 0
+    assert state.plateaued and schedule.lr(state) == 3e-4
+    for expected in (0.4, 0.5):  # the boundary-loss ramp at the end of every epoch, up to boundary_max
+        schedule.update(state, end_of_epoch=True)
+        assert state.boundary_weight == pytest.approx(expected)
     cfg = load_config(None, ["schedule.patience=1", "schedule.scheduler=reduce_on_plateau", "schedule.factor=0.5"])
-    state.update(best_iou=0.6, bad_evals=0, plateaued=False)
-    update_schedule(state, 0.5, cfg)
-    update_schedule(state, 0.5, cfg)
-    assert lr_at(cfg, state, 100) == pytest.approx(2.5e-4)
-    cfg = load_config(None, ["schedule.scheduler=cosine", "optim.warmup_steps=10"])
-    assert lr_at(cfg, {"step": 0}, 100) == pytest.approx(1e-4)
-    assert lr_at(cfg, {"step": 100}, 100) == pytest.approx(cfg.schedule.min_lr)
+    schedule, state = Schedule(cfg, 100), TrainState(best_iou=0.6)
+    schedule.update(state, False, 0.5)
+    schedule.update(state, False, 0.5)
+    assert schedule.lr(state) == pytest.approx(2.5e-4)
+    schedule = Schedule(load_config(None, ["schedule.scheduler=cosine", "optim.warmup_steps=10"]), 100)
+    assert schedule.lr(TrainState(step=0)) == pytest.approx(1e-4)
+    assert schedule.lr(TrainState(step=100)) == pytest.approx(schedule.cfg.schedule.min_lr)
+
+
+def test_train_state_keeps_the_checkpoint_keys():
+    saved = {"step": 7, "best_iou": 0.5, "bad_evals": 1, "plateaued": True, "lr_scale": 0.5,
+             "boundary_weight": 0.02, "best_saved_iou": 0.55}  # extra["state"] as last.pt has always held it
+    state = TrainState.from_dict(saved)
+    assert state.step == 7 and state.plateaued and asdict(state) == saved
+    assert TrainState.from_dict({"step": 3, "from_a_newer_version": 1}).step == 3
 
 
 def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
@@ -193,7 +208,7 @@ def test_resume_drops_a_torn_log_line_and_refuses_other_model_settings(tmp_path)
     model, optimizer, scaler = tiny_run(tmp_path)
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in (2, 4)]
     (tmp_path / "log.jsonl").write_text("\n".join(lines) + '\n{"step": 6, "lo')  # killed mid-write
-    assert load_training_state(tmp_path / "last.pt", model, optimizer, scaler, 0, True)["step"] == 4
+    assert load_training_state(tmp_path / "last.pt", model, optimizer, scaler, 0, True).step == 4
     assert [r["step"] for r in read_jsonl(tmp_path / "log.jsonl")] == [2, 4]
     other = create_model("unet_mobilenet_v2", alpha=0.5)
     with pytest.raises(CheckpointError, match="other model settings") as error:
