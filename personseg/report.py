@@ -11,34 +11,29 @@ against `step` (the line number when a record has none). Three panels:
   validation IoU every key ending in "iou", one line per source.
 A missing key only leaves a gap, so logs from older or newer training loops still plot.
 
-The plots are drawn with OpenCV (`plot_lines`) rather than matplotlib, to keep the dependency list
-short; `personseg eval` uses the same function for its precision-recall curve.
+The plots are drawn with matplotlib's Agg backend (a `Figure` and its canvas, pyplot's global state
+left alone) into arrays; `personseg eval` uses `plot_lines` for its precision-recall curve.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-import cv2
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 LOG_NAME = "log.jsonl"
 METRICS_NAME = "metrics.jsonl"
 DEFAULT_OUTPUT = "curves.png"
 STEP_KEYS = ("step", "global_step", "iteration", "iter")
 NOT_LOSS = ("epoch", "time", "seconds")  # top-level numbers of log.jsonl that are not loss terms
-
-# matplotlib's tab10, RGB
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-INK = (40, 40, 40)
-GRID = (225, 225, 225)
+DPI = 100
 
 Series = tuple[str, Sequence[float], Sequence[float]]  # (label, xs, ys)
 
@@ -47,39 +42,48 @@ Series = tuple[str, Sequence[float], Sequence[float]]  # (label, xs, ys)
 # Plotting
 
 
-def _nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
-    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
-    raw = (hi - lo) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(s * magnitude for s in (1, 2, 5, 10) if s * magnitude >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+def _draw(ax: Axes, series: Sequence[Series], *, title: str = "", xlabel: str = "", ylabel: str = "",
+          xlim: tuple[float, float] | None = None, ylim: tuple[float, float] | None = None,
+          log_y: bool = False, points: Sequence[tuple[str, float, float]] = ()) -> None:
+    """One panel: a line per series (NaN and, with `log_y`, non-positive values leave gaps; a series
+    of one point is a dot), and `points` as labelled markers."""
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, color="0.9")
+    positive = False
+    for label, xs, ys in series:
+        ys = np.asarray(ys, np.float64)
+        if log_y:
+            ys = np.where(ys > 0, ys, np.nan)
+            positive |= bool(np.isfinite(ys).any())
+        ax.plot(np.asarray(xs, np.float64), ys, label=label, linewidth=1.5,
+                marker="o" if np.isfinite(ys).sum() == 1 else None, markersize=4)
+    for label, x, y in points:
+        ax.plot([x], [y], "o", color="0.15", markersize=6)
+    if log_y and positive:
+        ax.set_yscale("log")
+    ax.set_xlim(xlim)  # None: fit the data
+    ax.set_ylim(ylim)
+    for label, x, y in points:  # the label on the side with room
+        right = x > sum(ax.get_xlim()) / 2
+        ax.annotate(label, (x, y), xytext=(-8 if right else 8, 8), textcoords="offset points",
+                    ha="right" if right else "left", fontsize=8)
+    if series:
+        ax.legend(loc="upper right", fontsize=8)
+    elif not points:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.6")
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}" if abs(value) >= 1e-12 else "0"
+def _figure(size: tuple[int, int]) -> Figure:
+    return Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
 
 
-def _limits(values: np.ndarray, fixed: tuple[float, float] | None) -> tuple[float, float]:
-    if fixed is not None:
-        return float(fixed[0]), float(fixed[1])
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = float(finite.min()), float(finite.max())
-    pad = (hi - lo) * 0.05 if hi > lo else max(abs(lo) * 0.1, 0.5)
-    return lo - pad, hi + pad
-
-
-def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.4, color=INK,
-          align: str = "left") -> None:
-    (w, h), _ = cv2.getTextSize(text, FONT, scale, 1)
-    x, y = org
-    if align == "center":
-        x -= w // 2
-    elif align == "right":
-        x -= w
-    cv2.putText(img, text, (int(x), int(y + h // 2)), FONT, scale, color, 1, cv2.LINE_AA)
+def _pixels(figure: Figure) -> np.ndarray:
+    """The figure rendered by Agg as an (H, W, 3) uint8 RGB image."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def plot_lines(series: Sequence[Series], *, title: str = "", xlabel: str = "", ylabel: str = "",
@@ -91,98 +95,10 @@ def plot_lines(series: Sequence[Series], *, title: str = "", xlabel: str = "", y
     NaN and (with `log_y`) non-positive values leave gaps; a series of one point is drawn as a dot.
     `points` are labelled markers, e.g. the operating point on a precision-recall curve.
     """
-    width, height = size
-    img = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 70, 16, 28, 42
-    x0, x1, y0, y1 = left, width - right, top, height - bottom  # plot area in pixels
-    if title:
-        _text(img, title, (width // 2, 12), 0.5, align="center")
-
-    data = []
-    for label, xs, ys in series:
-        xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
-        if log_y:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ys = np.where(ys > 0, np.log10(ys), np.nan)
-        data.append((label, xs, ys))
-    all_x = np.concatenate([d[1] for d in data] + [np.array([p[1] for p in points], np.float64)])
-    all_y = np.concatenate([d[2] for d in data] + [np.array([p[2] for p in points], np.float64)])
-    if log_y and ylim is not None:
-        ylim = (math.log10(ylim[0]), math.log10(ylim[1]))
-    xlo, xhi = _limits(all_x, xlim)
-    ylo, yhi = _limits(all_y, ylim)
-
-    def to_px(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (x0 + (x - xlo) / (xhi - xlo) * (x1 - x0), y1 - (y - ylo) / (yhi - ylo) * (y1 - y0))
-
-    # Grid, ticks and their labels. On a log axis, ticks are the decades when there are two or more.
-    yticks = _nice_ticks(ylo, yhi)
-    if log_y:  # decades, or 1-2-5 steps within them, or linear steps on a narrow range
-        decades = range(math.floor(ylo), math.ceil(yhi) + 1)
-        for mantissas in ((1,), (1, 2, 5)):
-            ticks = [e + math.log10(m) for e in decades for m in mantissas if ylo <= e + math.log10(m) <= yhi]
-            if len(ticks) >= 2:
-                yticks = ticks
-                break
-        else:
-            yticks = [math.log10(t) for t in _nice_ticks(10 ** ylo, 10 ** yhi) if t > 0]
-    for t in _nice_ticks(xlo, xhi):
-        px = int(round(to_px(np.array(t), np.array(0.0))[0]))
-        cv2.line(img, (px, y0), (px, y1), GRID, 1)
-        _text(img, _fmt(t), (px, y1 + 10), align="center")
-    for t in yticks:
-        py = int(round(to_px(np.array(0.0), np.array(t))[1]))
-        cv2.line(img, (x0, py), (x1, py), GRID, 1)
-        _text(img, f"{10 ** t:.2g}" if log_y else _fmt(t), (x0 - 5, py), align="right")
-    cv2.rectangle(img, (x0, y0), (x1, y1), INK, 1)
-    if xlabel:
-        _text(img, xlabel, ((x0 + x1) // 2, height - 12), 0.45, align="center")
-    if ylabel:
-        (w, h), _ = cv2.getTextSize(ylabel, FONT, 0.45, 1)
-        label = np.full((h + 8, w + 4, 3), 255, np.uint8)
-        cv2.putText(label, ylabel, (2, h + 2), FONT, 0.45, INK, 1, cv2.LINE_AA)
-        label = np.ascontiguousarray(np.rot90(label))  # reads bottom to top
-        ly = max(0, (y0 + y1 - label.shape[0]) // 2)
-        label = label[: height - ly]
-        img[ly:ly + label.shape[0], 2:2 + label.shape[1]] = label
-
-    # The lines, clipped to the plot area; NaNs split a line into runs.
-    plot = img[y0:y1 + 1, x0:x1 + 1]
-    for i, (label, xs, ys) in enumerate(data):
-        color = PALETTE[i % len(PALETTE)]
-        px, py = to_px(xs, ys)
-        ok = np.isfinite(px) & np.isfinite(py)
-        runs = np.split(np.arange(len(xs)), np.flatnonzero(np.diff(ok.astype(np.int8))) + 1)
-        for run in runs:
-            if len(run) == 0 or not ok[run[0]]:
-                continue
-            pts = np.stack([px[run] - x0, py[run] - y0], 1).round().astype(np.int32)
-            if len(pts) == 1:
-                cv2.circle(plot, tuple(int(v) for v in pts[0]), 3, color, -1, cv2.LINE_AA)
-            else:
-                cv2.polylines(plot, [pts], False, color, 2, cv2.LINE_AA)
-    for label, x, y in points:
-        px, py = to_px(np.array(x, np.float64), np.array(math.log10(y) if log_y else y, np.float64))
-        if np.isfinite(px) and np.isfinite(py):
-            px, py = int(round(px)), int(round(py))
-            cv2.circle(img, (px, py), 5, INK, -1, cv2.LINE_AA)
-            fits = px + 8 + cv2.getTextSize(label, FONT, 0.4, 1)[0][0] <= x1
-            _text(img, label, (px + 8 if fits else px - 8, py - 10), align="left" if fits else "right")
-
-    if not data and not points:
-        _text(img, "no data", ((x0 + x1) // 2, (y0 + y1) // 2), 0.6, color=(150, 150, 150), align="center")
-    elif data:  # legend, top right inside the plot
-        rows = [(label, PALETTE[i % len(PALETTE)]) for i, (label, _, _) in enumerate(data)]
-        text_w = max(cv2.getTextSize(label, FONT, 0.4, 1)[0][0] for label, _ in rows)
-        bx1, by0 = x1 - 6, y0 + 6
-        bx0, by1 = bx1 - text_w - 36, by0 + 16 * len(rows) + 6
-        cv2.rectangle(img, (bx0, by0), (bx1, by1), (255, 255, 255), -1)
-        cv2.rectangle(img, (bx0, by0), (bx1, by1), GRID, 1)
-        for j, (label, color) in enumerate(rows):
-            cy = by0 + 11 + 16 * j
-            cv2.line(img, (bx0 + 6, cy), (bx0 + 24, cy), color, 2, cv2.LINE_AA)
-            _text(img, label, (bx0 + 30, cy))
-    return img
+    figure = _figure(size)
+    _draw(figure.add_subplot(), series, title=title, xlabel=xlabel, ylabel=ylabel, xlim=xlim, ylim=ylim,
+          log_y=log_y, points=points)
+    return _pixels(figure)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -270,18 +186,13 @@ def render_curves(log: list[dict[str, float]], evals: list[dict[str, float]] | N
     iou_series = [(_label(k), xs, ys) for k, xs, ys in
                   _series(log, [k for k in log_keys if k.lower().endswith("iou") and k not in loss_keys])
                   + _series(evals, [k for k in keys_of(evals) if k.lower().endswith("iou")])]
-    records = list(log) + list(evals)
-    has_step = any(k in r for r in records for k in STEP_KEYS)
-    xlabel = "step" if has_step else "log line"
-    loss_series = _series(log, loss_keys)
-    steps = np.array([x for _, xs, _ in loss_series + lr_series + iou_series for x in xs], np.float64)
-    xlim = _limits(steps, None) if steps.size else None  # one x range, so the panels line up
-    panels = [
-        plot_lines(loss_series, title=f"{title}  loss".strip(), xlabel=xlabel, ylabel="loss", xlim=xlim),
-        plot_lines(lr_series, title="learning rate", xlabel=xlabel, ylabel="lr", log_y=True, xlim=xlim),
-        plot_lines(iou_series, title="validation IoU", xlabel=xlabel, ylabel="IoU", xlim=xlim),
-    ]
-    return np.concatenate(panels, axis=0)
+    has_step = any(k in r for r in list(log) + list(evals) for k in STEP_KEYS)
+    figure = _figure((760, 960))
+    loss_ax, lr_ax, iou_ax = figure.subplots(3, 1, sharex=True)  # one x range, so the panels line up
+    _draw(loss_ax, _series(log, loss_keys), title=f"{title}  loss".strip(), ylabel="loss")
+    _draw(lr_ax, lr_series, title="learning rate", ylabel="lr", log_y=True)
+    _draw(iou_ax, iou_series, title="validation IoU", xlabel="step" if has_step else "log line", ylabel="IoU")
+    return _pixels(figure)
 
 
 # ---------------------------------------------------------------------------------------------------------
