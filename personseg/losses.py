@@ -162,7 +162,7 @@ REGION_LOSSES = {"tversky": tversky_loss, "gdl": generalized_dice_loss, "dice": 
 class SegLoss(nn.Module):
     """Seed schedule: bce_weight * BCE + region_weight * region loss [+ boundary_weight * boundary loss].
 
-    The training loop raises `boundary_weight` (e.g. with `step_boundary`) once validation IoU plateaus.
+    The training loop raises `boundary_weight` once validation IoU plateaus (personseg.train.Schedule).
     """
 
     def __init__(self, bce_weight: float = 0.6, region_weight: float = 0.4, region: str = "tversky",
@@ -174,11 +174,6 @@ class SegLoss(nn.Module):
         self.region_weight = region_weight
         self.region = region
         self.boundary_weight = boundary_weight
-
-    def step_boundary(self, increment: float = 0.01, max_weight: float = 1.0) -> float:
-        """Raise `boundary_weight` by `increment`, capped at `max_weight`; returns the new weight."""
-        self.boundary_weight = min(self.boundary_weight + increment, max_weight)
-        return self.boundary_weight
 
     def forward(self, logits: Tensor, target: Tensor, valid: Tensor | None = None,
                 sdm: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:

@@ -123,9 +123,3 @@ class QATModel(nn.Module):
             raise RuntimeError(f"QATModel.load_state_dict: missing keys {missing}, "
                                f"unexpected keys {result.unexpected_keys}")
         return result
-
-
-def to_float(qat_model: QATModel, float_model: nn.Module) -> nn.Module:
-    """Copy the fine-tuned weights into `float_model` (same architecture); returns it in eval mode."""
-    float_model.load_state_dict(qat_model.state_dict())
-    return float_model.eval()
