@@ -77,6 +77,8 @@ def onnx_metadata(info: dict, model: nn.Module | None = None) -> dict[str, str]:
         "precision": "fp32",  # quantize_int8 rewrites it
         "personseg_version": personseg.__version__,
     }
+    if len(heads_of(model)) > 1:
+        props["outputs"] = json.dumps(list(heads_of(model)))  # multi-task: logits, parts, heatmaps
     if is_recurrent(model):
         probe = model.stride * 8
         shapes = model.state_shapes(1, probe, probe)
@@ -88,6 +90,11 @@ def onnx_metadata(info: dict, model: nn.Module | None = None) -> dict[str, str]:
 def is_recurrent(model: nn.Module | None) -> bool:
     """Recurrent models take and return explicit state: `model(x, state) -> (logits, state)`."""
     return hasattr(model, "state_shapes")
+
+
+def heads_of(model: nn.Module | None) -> tuple[str, ...]:
+    """The output names of a (non-recurrent) model: ("logits",), or a multi-task model's `outputs`."""
+    return tuple(getattr(model, "outputs", (OUTPUT_NAME,)))
 
 
 def set_metadata(proto, props: dict[str, str]) -> None:
@@ -133,8 +140,10 @@ def _run_exporter(model: nn.Module, path: Path, opset: int, exporter: str) -> No
     """Inputs `image` (+ `state0..3` for recurrent models, zeros on the first frame), outputs `logits`
     (+ `new_state0..3`); batch and spatial axes dynamic."""
     example = torch.randn(1, 3, *TRACE_SIZE, generator=torch.Generator().manual_seed(0))
-    args, inputs, outputs = (example,), [INPUT_NAME], [OUTPUT_NAME]
+    args, inputs, outputs = (example,), [INPUT_NAME], list(heads_of(model))
     axes = {INPUT_NAME: DYNAMIC_AXES, OUTPUT_NAME: DYNAMIC_AXES}
+    for name in outputs[1:]:  # multi-task heads; heatmaps are at their own stride
+        axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
     if is_recurrent(model):
         state = [torch.zeros(shape) for shape in model.state_shapes(1, *TRACE_SIZE)]
         args = (example, state)
@@ -184,6 +193,9 @@ def check_parity(model: nn.Module, onnx_path: str | Path, sizes=CHECK_SIZES, see
                 second, next_state = model(x.flip(-1), state)
                 expected = [first, *state, second, *next_state]
                 got = _flat(session(x)) + _flat(session(x.flip(-1), state))  # both continue from torch's state
+            elif len(heads_of(model)) > 1:
+                expected = list(model(x))
+                got = [torch.from_numpy(o) for o in session.session.run(None, {session.input_names[0]: x.numpy()})]
             else:
                 expected, got = [model(x)], [session(x)]
         for e, g in zip(expected, got):

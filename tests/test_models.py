@@ -15,8 +15,16 @@ def model(request):
 
 
 def logits_of(output):
-    """Recurrent models (recurrent_*) return (logits, state); the others return logits."""
+    """Recurrent models (recurrent_*) return (logits, state), multi-task ones (logits, parts, heatmaps);
+    the others return logits."""
     return output[0] if isinstance(output, tuple) else output
+
+
+def every_output(output) -> list:
+    """The tensors a model returns that carry its heads (a recurrent model's state is not a head)."""
+    if isinstance(output, tuple) and len(output) == 3:
+        return list(output)
+    return [logits_of(output)]
 
 
 def test_registry_lists_the_seed_architectures():
@@ -35,9 +43,9 @@ def test_output_shape_at_odd_size(model):
 
 def test_every_parameter_gets_a_gradient(model):
     model.train()
-    out = logits_of(model(torch.randn(2, 3, 45, 77)))
-    assert out.shape == (2, 1, 45, 77)
-    out.square().mean().backward()
+    outputs = every_output(model(torch.randn(2, 3, 45, 77)))
+    assert outputs[0].shape == (2, 1, 45, 77)
+    sum(o.square().mean() for o in outputs).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"no gradient for {missing[:5]}"
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
@@ -140,3 +148,19 @@ def test_hybrid_attention_matches_torch_multihead_attention():
         ref.out_proj.bias.copy_(ours.proj.bias)
         x = torch.randn(2, 11, 16)
         torch.testing.assert_close(ours(x), ref(x, x, x, need_weights=False)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_multitask_heads_have_the_documented_shapes_and_take_the_unet_weights():
+    from personseg.models.multitask import MultiTaskUNet
+
+    torch.manual_seed(0)
+    unet = create_model("unet_mobilenet_v2").eval()
+    multi = create_model("multitask_unet_mobilenet_v2").eval()
+    missing, unexpected = multi.load_state_dict(unet.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("parts_head", "keypoints_head")) for k in missing)
+    x = torch.randn(1, 3, 181, 317)
+    with torch.no_grad():
+        logits, parts, heatmaps = multi(x)
+        torch.testing.assert_close(logits, unet(x))  # the person mask is the UNet's
+    assert parts.shape == (1, 6, 181, 317) and heatmaps.shape == (1, 17, 46, 80)
+    assert MultiTaskUNet.outputs == ("logits", "parts", "heatmaps")

@@ -1,0 +1,142 @@
+"""Body landmarks: COCO's 17 keypoints as heatmaps, decoded and grouped per person.
+
+Targets follow SimpleBaseline (Xiao, Wu, Wei, "Simple Baselines for Human Pose Estimation and
+Tracking", ECCV 2018): one Gaussian per visible keypoint on a heatmap at stride `STRIDE` of the input,
+all people of a picture in the same map (element-wise max). Decoding takes each channel's maximum in
+a region and moves it a quarter pixel towards the higher neighbour, as SimpleBaseline does.
+
+Grouping is by person region, not learned: each connected region of the predicted person mask
+(8-connected, at least `MIN_REGION` of the picture) is one person, and its keypoints are the maxima
+of each channel inside the region's box grown by 10%. Limits: people who touch or overlap in the mask
+become one region (one skeleton, the stronger of their joints), and a person split by an occluder
+becomes two. Torch-free (numpy and OpenCV).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+COCO_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                  "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                  "right_knee", "left_ankle", "right_ankle")
+# COCO's skeleton (0-based pairs) and the channel of each keypoint in a mirrored picture
+SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9),
+            (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+FLIP = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+STRIDE = 4
+MIN_REGION = 0.002
+
+
+def sigma_for(stride: int = STRIDE) -> float:
+    """The Gaussian's standard deviation in heatmap pixels (SimpleBaseline: 2 at stride 4)."""
+    return 8.0 / stride
+
+
+def render_heatmaps(people: np.ndarray, size: tuple[int, int], stride: int = STRIDE) -> np.ndarray:
+    """(P, 17, 3) keypoints in input pixels (x, y, visibility; v > 0 = labelled) -> (17, h, w) float32
+    heatmaps for an input of `size` (H, W), h = ceil(H / stride)."""
+    h, w = -(-size[0] // stride), -(-size[1] // stride)
+    out = np.zeros((len(COCO_KEYPOINTS), h, w), np.float32)
+    sigma = sigma_for(stride)
+    ys, xs = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None]
+    for person in np.asarray(people, np.float32).reshape(-1, len(COCO_KEYPOINTS), 3):
+        for k, (x, y, v) in enumerate(person):
+            if v <= 0:
+                continue
+            # heatmap pixel centres sit at input (i + 0.5) * stride
+            cx, cy = x / stride - 0.5, y / stride - 0.5
+            if -3 * sigma < cx < w + 3 * sigma and -3 * sigma < cy < h + 3 * sigma:
+                g = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma ** 2))
+                np.maximum(out[k], g, out=out[k])
+    return out
+
+
+def peak(heatmap: np.ndarray) -> tuple[float, float, float]:
+    """(x, y, score) of a heatmap's maximum in heatmap pixels, refined a quarter pixel towards the
+    higher neighbour on each axis."""
+    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    score = float(heatmap[y, x])
+    fx, fy = float(x), float(y)
+    if 0 < x < heatmap.shape[1] - 1:
+        fx += 0.25 * np.sign(heatmap[y, x + 1] - heatmap[y, x - 1])
+    if 0 < y < heatmap.shape[0] - 1:
+        fy += 0.25 * np.sign(heatmap[y + 1, x] - heatmap[y - 1, x])
+    return fx, fy, score
+
+
+def decode(heatmaps: np.ndarray, box: tuple[int, int, int, int] | None = None, scale: tuple[float, float] = (1.0, 1.0),
+           stride: int = STRIDE) -> np.ndarray:
+    """(17, h, w) heatmaps -> (17, 3) keypoints (x, y, score) in output pixels: the maximum of each
+    channel inside `box` (x0, y0, x1, y1 in heatmap pixels; None = all), mapped back through `stride`
+    and `scale` (output pixels per input pixel, x and y)."""
+    x0, y0, x1, y1 = box or (0, 0, heatmaps.shape[2], heatmaps.shape[1])
+    out = np.zeros((len(heatmaps), 3), np.float32)
+    for k, channel in enumerate(heatmaps):
+        x, y, score = peak(channel[y0:y1, x0:x1])
+        out[k] = ((x0 + x + 0.5) * stride * scale[0], (y0 + y + 0.5) * stride * scale[1], score)
+    return out
+
+
+def person_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes (x0, y0, x1, y1) in the mask's pixels of the connected regions of an (H, W) bool mask,
+    each grown by 10%, largest first; regions under MIN_REGION of the picture are dropped."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    boxes = []
+    for x, y, w, h, area in stats[1:]:
+        if area >= MIN_REGION * mask.size:
+            gx, gy = 0.05 * w, 0.05 * h  # grown by 10%
+            boxes.append((int(x - gx), int(y - gy), int(np.ceil(x + w + gx)), int(np.ceil(y + h + gy))))
+    return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+
+
+def group(heatmaps: np.ndarray, person: np.ndarray, out_size: tuple[int, int], stride: int = STRIDE) -> list[dict]:
+    """One skeleton per person region: `heatmaps` (17, h, w) of an input of (h * stride, w * stride)
+    pixels, `person` an (H, W) bool mask of the output picture of `out_size` (H, W). Returns
+    [{"keypoints": (17, 3) x, y, score in output pixels, "box": (x0, y0, x1, y1), "score": mean}], largest first."""
+    h, w = heatmaps.shape[1:]
+    in_h, in_w = h * stride, w * stride
+    scale = (out_size[1] / in_w, out_size[0] / in_h)
+    small = cv2.resize(person.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    people = []
+    for box in person_boxes(person):
+        fx, fy = w / person.shape[1], h / person.shape[0]
+        hb = (max(0, int(box[0] * fx)), max(0, int(box[1] * fy)),
+              min(w, max(int(np.ceil(box[2] * fx)), int(box[0] * fx) + 1)),
+              min(h, max(int(np.ceil(box[3] * fy)), int(box[1] * fy) + 1)))
+        if hb[2] <= hb[0] or hb[3] <= hb[1] or not small[hb[1]:hb[3], hb[0]:hb[2]].any():
+            continue
+        keypoints = decode(heatmaps, hb, scale, stride)
+        people.append({"keypoints": keypoints, "box": tuple(float(v) for v in box),
+                       "score": float(keypoints[:, 2].mean())})
+    return people
+
+
+def to_coco(people: list[dict], image_id: int | str = 0, min_score: float = 0.1) -> list[dict]:
+    """COCO keypoint results: [{"image_id", "category_id": 1, "keypoints": [x, y, v] * 17, "score",
+    "bbox"}], v = 2 where the keypoint's score is at least `min_score`, else 0 (the score is kept apart)."""
+    results = []
+    for p in people:
+        flat = []
+        for x, y, s in p["keypoints"]:
+            flat += [round(float(x), 2), round(float(y), 2), 2 if s >= min_score else 0]
+        x0, y0, x1, y1 = p["box"]
+        results.append({"image_id": image_id, "category_id": 1, "keypoints": flat, "score": round(p["score"], 4),
+                        "keypoint_scores": [round(float(s), 4) for s in p["keypoints"][:, 2]],
+                        "bbox": [round(x0, 1), round(y0, 1), round(x1 - x0, 1), round(y1 - y0, 1)]})
+    return results
+
+
+def draw_skeleton(rgb: np.ndarray, people: list[dict], min_score: float = 0.1) -> np.ndarray:
+    """The picture with each person's bones (lines) and joints (dots) drawn; keypoints under `min_score` skipped."""
+    out = rgb.copy()
+    thickness = max(2, round(max(rgb.shape[:2]) / 300))
+    for i, p in enumerate(people):
+        colour = tuple(int(c) for c in cv2.applyColorMap(np.uint8([[40 + 70 * i % 215]]), cv2.COLORMAP_TURBO)[0, 0][::-1])
+        k = p["keypoints"]
+        for a, b in SKELETON:
+            if k[a, 2] >= min_score and k[b, 2] >= min_score:
+                cv2.line(out, (int(k[a, 0]), int(k[a, 1])), (int(k[b, 0]), int(k[b, 1])), colour, thickness, cv2.LINE_AA)
+        for x, y, s in k:
+            if s >= min_score:
+                cv2.circle(out, (int(x), int(y)), thickness + 1, (255, 255, 255), -1, cv2.LINE_AA)
+    return out

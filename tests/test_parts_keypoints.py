@@ -1,0 +1,76 @@
+"""Body parts (personseg.parts) and landmarks (personseg.keypoints): label mapping, heatmap round trip."""
+import numpy as np
+import pytest
+
+from personseg import keypoints, parts
+
+
+def ccp_names(data_dir):
+    lines = (data_dir / "ccp" / "label_names.txt").read_text().splitlines()
+    return [line.split(maxsplit=1)[1] for line in lines if line.strip()]
+
+
+def test_every_ccp_label_is_assigned_exactly_once(data_dir):
+    names = ccp_names(data_dir)
+    groups = [("null",), ("hair",), ("skin",), parts.CLOTHES, parts.ACCESSORIES]
+    counts = {n: sum(n in g for g in groups) for n in names}
+    assert all(c == 1 for c in counts.values()), {n: c for n, c in counts.items() if c != 1}
+    assert set(names) == {n for g in groups for n in g}  # no class lists a name ccp lacks
+    lut = parts.ccp_lookup(names)
+    assert lut[names.index("hair")] == 1 and lut[names.index("skin")] == parts.BODY_SKIN
+    assert lut[names.index("sneakers")] == parts.CLOTHES_ID and lut[names.index("sunglasses")] == parts.ACCESSORIES_ID
+    with pytest.raises(ValueError, match="no part class: tail"):
+        parts.ccp_lookup(names + ["tail"])
+
+
+def test_skin_above_the_collar_is_face():
+    names = ["null", "hair", "skin", "shirt", "pants"]
+    labels = np.zeros((10, 4), np.uint8)
+    labels[0] = 1            # hair
+    labels[1:3] = 2          # face and neck
+    labels[3:6, 1:3] = 3     # shirt: the collar line is row 3
+    labels[3:6, 0] = 2       # an arm
+    labels[6:] = 4           # pants
+    p = parts.ccp_parts(labels, names)
+    assert (p[1:3] == parts.FACE_SKIN).all() and (p[3:6, 0] == parts.BODY_SKIN).all()
+    assert (p[0] == parts.HAIR).all() and (p[6:] == parts.CLOTHES_ID).all()
+    assert parts.colorize(p).shape == (10, 4, 3)
+
+
+def test_heatmaps_of_known_points_decode_to_those_points():
+    rng = np.random.default_rng(0)
+    size = (180, 320)
+    people = np.zeros((1, 17, 3), np.float32)
+    people[0, :, 0] = rng.uniform(10, 310, 17)
+    people[0, :, 1] = rng.uniform(10, 170, 17)
+    people[0, :, 2] = 2
+    people[0, 3, 2] = 0  # not labelled: an empty channel
+    maps = keypoints.render_heatmaps(people, size)
+    assert maps.shape == (17, 45, 80) and maps[3].max() == 0
+    decoded = keypoints.decode(maps)
+    labelled = people[0, :, 2] > 0
+    error = np.abs(decoded[labelled, :2] - people[0, labelled, :2])
+    assert error.max() <= 0.25 * keypoints.STRIDE + 0.5, error.max()  # the quarter-pixel rule's resolution
+    assert (decoded[labelled, 2] > 0.8).all()
+
+
+def test_two_people_are_grouped_by_their_mask_regions():
+    size = (100, 200)
+    people = np.zeros((2, 17, 3), np.float32)
+    for i, x0 in enumerate((20, 130)):
+        people[i, :, 0] = np.linspace(x0, x0 + 40, 17)
+        people[i, :, 1] = np.linspace(10, 90, 17)
+        people[i, :, 2] = 2
+    maps = keypoints.render_heatmaps(people, size)
+    mask = np.zeros(size, bool)
+    mask[5:95, 15:65] = True
+    mask[5:95, 125:175] = True
+    found = keypoints.group(maps, mask, size)
+    assert len(found) == 2
+    found.sort(key=lambda p: p["box"][0])
+    for p, truth in zip(found, people):
+        assert np.abs(p["keypoints"][:, :2] - truth[:, :2]).max() <= 1.5
+    coco = keypoints.to_coco(found, image_id=7)
+    assert len(coco[0]["keypoints"]) == 51 and coco[0]["category_id"] == 1 and coco[0]["image_id"] == 7
+    drawn = keypoints.draw_skeleton(np.zeros(size + (3,), np.uint8), found)
+    assert drawn.any()
