@@ -18,14 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from personseg.cli import positive_int, threshold
-from personseg.segment_cli import DEFAULT_SAVE, OUTPUTS, _save_kinds, output_bases
-
-
-def plan(inputs: list[Path], outdir: Path, kinds: list[str]) -> dict[Path, dict[str, Path]]:
-    """Input -> {kind: output path}, named as `personseg segment` names them."""
-    return {p: {k: outdir / base.with_name(base.name + OUTPUTS[k]) for k in kinds}
-            for p, base in output_bases(inputs).items()}
+from personseg.cli import add_predictor_arguments, positive_int, save_kinds
+from personseg.render import OUTPUTS
+from personseg.segment_cli import DEFAULT_SAVE, output_plan
 
 
 class Segmenter:
@@ -37,9 +32,7 @@ class Segmenter:
         import personseg
         from personseg import render
 
-        self.predictor = personseg.load(model, device="cpu", refine=refine, tta=tta, keep=keep)
-        if threshold is not None:
-            self.predictor.threshold = threshold
+        self.predictor = personseg.load(model, device="cpu", refine=refine, tta=tta, keep=keep, threshold=threshold)
         self.background = render.parse_background(background) if background else None
         self.batch_size, self.overwrite = batch_size, overwrite
 
@@ -86,7 +79,7 @@ def run_batch(inputs: list[str], outdir: str | Path, *, kinds: list[str] | None 
     if "background" in kinds:
         render.parse_background(background)  # a bad value fails here, not on every worker
     outdir = Path(outdir)
-    jobs = plan(list_inputs(inputs, recursive=recursive), outdir, kinds)
+    jobs = output_plan(list_inputs(inputs, recursive=recursive), outdir, kinds)
     originals = {p.resolve() for p in jobs}
     failures = [(str(p), "an output would replace an input file; choose another -o folder")
                 for p, outs in jobs.items() if any(o.resolve() in originals for o in outs.values())]
@@ -123,14 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--manifest", metavar="FILE", help="a text file of image paths, one a line (# comments)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the outputs")
-    parser.add_argument("--save", type=_save_kinds, action="append", metavar="KINDS",
+    parser.add_argument("--save", type=save_kinds, action="append", metavar="KINDS",
                         help=f"{', '.join(OUTPUTS)} or all (default: {','.join(DEFAULT_SAVE)})")
     parser.add_argument("--background", default="blur", metavar="BG", help="for --save background (default: blur)")
-    parser.add_argument("--threshold", type=threshold, metavar="T", help="default: the model's own")
-    parser.add_argument("--no-refine", action="store_true", help="bilinear upsampling instead of the guided filter")
-    parser.add_argument("--model", metavar="PATH_OR_NAME", help="a checkpoint, .onnx file or shipped model name")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, help="default: the model's own setting")
-    parser.add_argument("--keep", choices=["all", "largest"], default="all")
+    add_predictor_arguments(parser, device=False)  # each actor runs its model on one CPU
     parser.add_argument("--batch-size", type=positive_int, default=4, metavar="N", help="images per model call (default: 4)")
     parser.add_argument("--workers", type=positive_int, default=2, metavar="N",
                         help="actors, one predictor and one CPU each (default: 2)")

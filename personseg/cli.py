@@ -15,7 +15,7 @@ COMMANDS = {
     "train": ("personseg.train", "train a model from a YAML recipe (CPU, GPU or torchrun DDP)"),
     "eval": ("personseg.evaluate", "evaluate a checkpoint on data folders: metrics.json, per-image CSV, HTML report"),
     "report": ("personseg.report", "render a run's training curves to PNG"),
-    "video": ("personseg.video_cli", "replace or blur a video's background, or write its masks or alpha (audio kept)"),
+    "video": ("personseg.video_cli", "replace or blur a video's background, or write its masks, alpha or cut-out (audio kept)"),
     "data": ("personseg.data_tools", "download public person datasets and check data folders"),
     "export": ("personseg.export", "export a model to ONNX (dynamic sizes, parity-checked), optionally int8"),
     "bench": ("personseg.bench", "parameters, GFLOPs, latency and throughput of models on PyTorch and ONNX Runtime"),
@@ -45,6 +45,58 @@ def nonnegative_int(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
     return n
+
+
+def save_kinds(value: str) -> list[str]:
+    """argparse type: comma-separated output kinds of `render.OUTPUTS`, or "all"."""
+    from personseg.render import OUTPUTS
+
+    kinds = [k.strip().lower() for k in value.split(",") if k.strip()]
+    if kinds == ["all"]:
+        return list(OUTPUTS)
+    unknown = [k for k in kinds if k not in OUTPUTS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown output {', '.join(unknown) or value!r}; "
+                                         f"choose from {', '.join(OUTPUTS)} or all")
+    return kinds
+
+
+def add_predictor_arguments(parser: argparse.ArgumentParser, *, default_model: str | None = None,
+                            model_note: str = "", default_device: str = "auto", default_tta: bool | None = None,
+                            device: bool = True) -> None:
+    """The options that choose and set up the model, as `load_predictor(args)` reads them: --model,
+    --device (unless `device` is False), --threshold, --no-refine, --tta and --keep."""
+    from personseg.predict import DEFAULT_MODEL, DEVICES, KEEP
+
+    parser.add_argument("--model", default=default_model, metavar="PATH_OR_NAME",
+                        help="a checkpoint or .onnx file, or a shipped model name (accurate, fast)"
+                             f"{model_note} (default: {default_model or DEFAULT_MODEL})")
+    if device:
+        parser.add_argument("--device", choices=DEVICES, default=default_device,
+                            help=f"where to run the model; auto picks cuda when a GPU is available "
+                                 f"(default: {default_device})")
+    parser.add_argument("--threshold", type=threshold, metavar="T",
+                        help="alpha at or above which a pixel is person, for masks, overlays and --keep "
+                             "(default: the model's own, usually 0.5)")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="upsample the model's output bilinearly instead of with the edge-aware guided "
+                             "filter (faster, softer edges)")
+    own = "the model's own setting: on for accurate, off for fast and for your checkpoints"
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=default_tta,
+                        help="also run the model on the mirror image and average: a little more accurate, "
+                             f"twice the model's time (default: {own if default_tta is None else ('on' if default_tta else 'off')})")
+    parser.add_argument("--keep", choices=KEEP, default="all",
+                        help="all: every person found; largest: only the largest connected person region, "
+                             "for one-person cut-outs of photos with bystanders (default: all)")
+
+
+def load_predictor(args: argparse.Namespace, **options):
+    """`personseg.load` with the options of `add_predictor_arguments`; `options` (spinning=False, ...)
+    go to it as they are."""
+    import personseg
+
+    return personseg.load(args.model, device=getattr(args, "device", "cpu"), refine=not args.no_refine,
+                          tta=args.tta, keep=args.keep, threshold=args.threshold, **options)
 
 
 TRAIN_EXTRA = 'pip install "personseg[train]"'

@@ -42,9 +42,8 @@ class Models:
 
 
 def background_of(choice: str, colour: str | None):
-    if choice == "custom colour":
-        return render.parse_background(_hex(colour or "#00b140"))
-    return render.parse_background(choice)
+    """The background a page's choice names (no image paths: the page must not read the server's files)."""
+    return render.parse_background(_hex(colour or "#00b140") if choice == "custom colour" else choice, images=False)
 
 
 def _hex(colour: str) -> str:
@@ -139,8 +138,9 @@ def build_demo(models: Models, max_video_seconds: float = 30.0):
 
 
 def shipped_names() -> list[str]:
-    weights = Path(__file__).parent / "weights"
-    return sorted({p.stem for p in weights.glob("*") if p.suffix in (".pt", ".onnx")}) or ["accurate"]
+    from personseg.predict import DEFAULT_MODEL, shipped_models
+
+    return shipped_models() or [DEFAULT_MODEL]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -118,7 +118,7 @@ class OnnxModel:
         import torch
 
         # The copy is numpy's, single-threaded: a torch copy wakes torch's thread pool, whose spinning
-        # threads then slowed ONNX Runtime's own (4.2 -> 7.0 ms a frame).
+        # threads then slowed ONNX Runtime's own (export's parity checks run on that path).
         def to_numpy(t):
             t = t if isinstance(t, np.ndarray) else t.detach().to("cpu", torch.float32).numpy()
             return np.ascontiguousarray(t, np.float32)

@@ -317,14 +317,14 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _load_shipped(name: str, device, refine, tta, keep, backend: str, threads, spinning) -> Predictor:
+def _load_shipped(name: str, device, refine, tta, keep, threshold, backend: str, threads, spinning) -> Predictor:
     onnx_file, pt_file = WEIGHTS_DIR / f"{name}.onnx", WEIGHTS_DIR / f"{name}.pt"
     if backend == "torch" or (backend == "auto" and not onnx_file.exists()):
         if not pt_file.exists():
             raise FileNotFoundError(f"shipped model {name!r} has no .pt checkpoint in {WEIGHTS_DIR}")
-        return Predictor.from_checkpoint(pt_file, device, refine, tta, keep)
+        return Predictor.from_checkpoint(pt_file, device, refine, tta, keep, threshold)
     predictor = Predictor.from_onnx(onnx_file, device, refine, threads=threads, tta=tta, keep=keep,
-                                    spinning=spinning)
+                                    spinning=spinning, threshold=threshold)
     made_from = predictor.info.get("source_sha256")
     if pt_file.exists() and made_from and made_from != file_sha256(pt_file):
         # NAME.pt was re-shipped after NAME.onnx was made: the checkpoint is the newer model
@@ -336,29 +336,31 @@ def _load_shipped(name: str, device, refine, tta, keep, backend: str, threads, s
             warnings.warn(f"{stale} (running the older ONNX file)", stacklevel=3)
             return predictor
         warnings.warn(f"{stale} (running {pt_file.name} on torch meanwhile)", stacklevel=3)
-        return Predictor.from_checkpoint(pt_file, device, refine, tta, keep)
+        return Predictor.from_checkpoint(pt_file, device, refine, tta, keep, threshold)
     return predictor
 
 
 def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool = True,
          tta: bool | None = None, keep: str = "all", backend: str = "auto", threads: int | None = None,
-         spinning: bool = True) -> Predictor:
+         spinning: bool = True, threshold: float | None = None) -> Predictor:
     """A predictor from a shipped model's name ("accurate", "fast"; None = the default), an ONNX file
     from `personseg export`, or a .pt checkpoint (needs torch: the `train` extra).
 
     Shipped models run their ONNX file on ONNX Runtime; `backend="torch"` takes their .pt instead
     (fine-tuning, export). `tta` (mirror-image averaging, see `Predictor`) None: the model's own
-    setting. `keep`: "all" people, or the "largest" person region only. `threads` and `spinning`:
-    ONNX Runtime's intra-op threads (default: the usable cores, at most 4) and whether they spin-wait."""
+    setting. `keep`: "all" people, or the "largest" person region only (picked at the threshold).
+    `threshold` None: the model's own. `threads` and `spinning`: ONNX Runtime's intra-op threads
+    (default: the usable cores, at most 4) and whether they spin-wait."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     name = str(path_or_name or DEFAULT_MODEL)
     shipped = shipped_models()
     if path_or_name is None or (not Path(name).exists() and name in shipped):
-        return _load_shipped(name, device, refine, tta, keep, backend, threads, spinning)
+        return _load_shipped(name, device, refine, tta, keep, threshold, backend, threads, spinning)
     if name.lower().endswith(".onnx"):
-        return Predictor.from_onnx(name, device, refine, threads=threads, tta=tta, keep=keep, spinning=spinning)
+        return Predictor.from_onnx(name, device, refine, threads=threads, tta=tta, keep=keep, spinning=spinning,
+                                   threshold=threshold)
     if not Path(name).exists() and not name.lower().endswith((".pt", ".pth")) and "/" not in name:
         raise FileNotFoundError(f"no shipped model named {name!r} (shipped: {', '.join(shipped) or 'none'}); "
                                 "pass a checkpoint or ONNX path with --model")
-    return Predictor.from_checkpoint(name, device, refine, tta, keep)
+    return Predictor.from_checkpoint(name, device, refine, tta, keep, threshold)

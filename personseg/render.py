@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -125,8 +126,9 @@ def blurred_background(rgb: np.ndarray, alpha: np.ndarray, work_size: int = 320)
     return cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float64)
 
 
-def parse_background(value: str) -> Background:
-    """"blur", "#RRGGBB", "R,G,B", a colour name (white, black, green, blue, red, gray) or an image path."""
+def parse_background(value: str, images: bool = True) -> Background:
+    """"blur", "#RRGGBB", "R,G,B", a colour name (white, black, green, blue, red, gray) or, if `images`, an
+    image path. The server and the demo pass images=False: a client must not make them read files."""
     text = value.strip()
     if text.lower() == "blur":
         return "blur"
@@ -139,25 +141,41 @@ def parse_background(value: str) -> Background:
         if max(color) > 255:
             raise ValueError(f"background {value!r}: each of R,G,B must be 0..255")
         return color
-    if Path(text).is_file():
+    if images and Path(text).is_file():
         return read_image(text)
-    raise ValueError(
-        f"background {value!r} is not 'blur', a colour (#RRGGBB, R,G,B or one of {', '.join(COLORS)}) "
-        "or an existing image file"
-    )
+    colours = f"'blur' or a colour (#RRGGBB, R,G,B or one of {', '.join(COLORS)})"
+    raise ValueError(f"background {value!r} is not {colours}{' or an existing image file' if images else ''}")
 
 
-def output(kind: str, rgb: np.ndarray, alpha: np.ndarray, threshold: float, background: Background = None) -> np.ndarray:
-    """The picture of one output kind (`personseg segment --save KIND`, the server's `output=`, the Ray job):
-    mask, alpha, cutout, overlay, compare, or background (replaced by `background`)."""
-    if kind == "mask":
-        return mask(alpha, threshold)
-    if kind == "alpha":
-        return soft_alpha(alpha)
-    if kind == "cutout":
-        return cutout(rgb, alpha)
-    if kind == "overlay":
-        return overlay(rgb, alpha, threshold)
-    if kind == "compare":
-        return compare(rgb, alpha, threshold)
-    return replace_background(rgb, alpha, background)
+class Output(NamedTuple):
+    """One output kind: `render(rgb, alpha, threshold, background)` -> its picture, the `suffix` of its
+    file after the input's stem, a one-line `about` for --help, and whether the picture is `rgba`
+    (videos of it are then QuickTime Animation .mov files or folders of PNGs)."""
+    render: Callable[..., np.ndarray]
+    suffix: str
+    about: str
+    rgba: bool = False
+
+
+# The output kinds of `personseg segment --save`, `personseg video --output-kind`, the server's `output=`
+# and the Ray job. Pictures for people to look at are JPEG (small); exact data is PNG.
+OUTPUTS: dict[str, Output] = {
+    "mask": Output(lambda rgb, alpha, t, back: mask(alpha, t), "_mask.png",
+                   "8-bit mask: 255 = person, 0 = background (alpha >= --threshold)"),
+    "alpha": Output(lambda rgb, alpha, t, back: soft_alpha(alpha), "_alpha.png", "8-bit soft alpha, 0..255"),
+    "cutout": Output(lambda rgb, alpha, t, back: cutout(rgb, alpha), "_cutout.png",
+                     "RGBA cut-out: the picture with the soft alpha as transparency", rgba=True),
+    "overlay": Output(lambda rgb, alpha, t, back: overlay(rgb, alpha, t), "_overlay.jpg",
+                      "the picture with the mask tinted green and outlined"),
+    "compare": Output(lambda rgb, alpha, t, back: compare(rgb, alpha, t), "_compare.jpg",
+                      "picture | mask | cut-out on a checkerboard, side by side"),
+    "background": Output(lambda rgb, alpha, t, back: replace_background(rgb, alpha, back), "_background.jpg",
+                         "the person composited onto --background"),
+}
+
+
+def output(kind: str, rgb: np.ndarray, alpha: np.ndarray, threshold: float, background: Background = "blur") -> np.ndarray:
+    """The picture of one output kind of `OUTPUTS` (`background` is used by "background" only)."""
+    if kind not in OUTPUTS:
+        raise ValueError(f"output {kind!r}: choose one of {', '.join(OUTPUTS)}")
+    return OUTPUTS[kind].render(rgb, alpha, threshold, background)

@@ -27,7 +27,6 @@ import concurrent.futures
 import io
 import os
 import queue
-import re
 import sys
 import tempfile
 import threading
@@ -40,8 +39,8 @@ import cv2
 import numpy as np
 
 from personseg import render
+from personseg.cli import add_predictor_arguments, load_predictor
 
-OUTPUT_KINDS = ("mask", "alpha", "cutout", "background")
 FORMATS = ("png", "json")
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
@@ -161,43 +160,90 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def parse_background(value: str) -> render.Background:
     """"blur" or a colour; image paths are refused (a client must not make the server read its files)."""
-    text = value.strip().lower()
-    looks_like_colour = (text == "blur" or text in render.COLORS
-                         or re.fullmatch(r"#[0-9a-f]{6}|\d+\s*,\s*\d+\s*,\s*\d+", text) is not None)
     try:
-        background = render.parse_background(value) if looks_like_colour else None
+        return render.parse_background(value, images=False)
     except ValueError:
-        background = None
-    if background is None or isinstance(background, np.ndarray):
         raise RequestError(422, f"background={value!r}: use blur or a colour (#RRGGBB, R,G,B or one of "
-                                f"{', '.join(render.COLORS)})")
-    return background
+                                f"{', '.join(render.COLORS)})") from None
 
 
-# ------------------------------------------------------------------------------------------ the app
+def check_options(output: str, background: str):
+    """The parsed background for `output`, or RequestError 422."""
+    if output not in render.OUTPUTS:
+        raise RequestError(422, f"output={output!r}: choose one of {', '.join(render.OUTPUTS)}")
+    return parse_background(background) if output == "background" else None
 
-def create_app(predictor, *, model_name: str = "model", limits: Limits | None = None, max_batch: int = 8):
-    """The FastAPI app around one loaded predictor (anything with `predict_batch` and `threshold`)."""
-    from fastapi import FastAPI, Query, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+
+async def read_body(request, limits: Limits) -> bytes:
+    """The request body, refused with 413 as soon as it is over `limits.max_body_mb`."""
+    limit = int(limits.max_body_mb * 1024 * 1024)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body of {int(declared):,} bytes is over the limit of {limit:,} "
+                                f"({limits.max_body_mb:g} MB)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"body is over the limit of {limit:,} bytes ({limits.max_body_mb:g} MB)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def images_of(request, field: str, many: bool, limits: Limits) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the uploaded images: multipart files, or the raw body for one image."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        body = await read_body(request, limits)  # size-checked before the form parser spools anything
+        from starlette.datastructures import UploadFile
+        from starlette.requests import Request as StarletteRequest
+
+        async def replay():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await StarletteRequest(request.scope, replay).form(max_files=limits.max_batch_images + 1)
+        files = [v for k, v in form.multi_items() if isinstance(v, UploadFile) and (k == field or not many)]
+        if not files:
+            raise RequestError(422, f"no file in the form; send the image as the multipart field {field!r}")
+        return [(f.filename or field, await f.read()) for f in files]
+    if many:
+        raise RequestError(415, f"content type {content_type or 'none'!r}: send multipart/form-data "
+                                f"with one or more {field!r} files")
+    if not content_type.startswith(IMAGE_TYPES):
+        raise RequestError(415, f"content type {content_type or 'none'!r} is not an image; send the image "
+                                "bytes as image/* (or application/octet-stream), or multipart/form-data")
+    return [("body", await read_body(request, limits))]
+
+
+async def segment_one(state, name: str, data: bytes, output: str, threshold: float | None,
+                      background) -> tuple[bytes, dict]:
+    """Decode, segment (through the app's batcher), render and PNG-encode one image: (png, metadata).
+    `state` is the app's state: its predictor, batcher, limits and model_name."""
     from starlette.concurrency import run_in_threadpool
+
+    t0 = time.perf_counter()
+    rgb = await run_in_threadpool(decode, data, state.limits, name)
+    future = state.batcher.submit(rgb)
+    try:
+        alpha = await asyncio.wait_for(asyncio.wrap_future(future), timeout=state.limits.timeout_s)
+    except asyncio.TimeoutError:
+        future.cancel()
+        raise RequestError(504, f"{name}: not done within the server's limit of {state.limits.timeout_s:g} s") from None
+    t = state.predictor.threshold if threshold is None else threshold
+    image = await run_in_threadpool(render.output, output, rgb, alpha, t, background)
+    png = await run_in_threadpool(encode_png, image)
+    meta = {"name": name, "width": rgb.shape[1], "height": rgb.shape[0], "output": output,
+            "model": state.model_name, "threshold": t, "person_fraction": round(float((alpha >= t).mean()), 6),
+            "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
+    return png, meta
+
+
+def _add_error_handlers(app) -> None:
+    """Every error as JSON {"error": "..."}: ours, Starlette's (404, 405...) and validation (422)."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    limits = limits or Limits()
-    batcher = Batcher(predictor, max_batch=max_batch, max_queue=limits.max_queue)
-    started = time.time()
-
-    from contextlib import asynccontextmanager
-
-    @asynccontextmanager
-    async def lifespan(app):
-        yield
-        batcher.close()
-
-    app = FastAPI(title="personseg", version=_version(), lifespan=lifespan,
-                  description="Person segmentation: masks, soft alpha, cut-outs and new backgrounds.")
-    app.state.batcher, app.state.limits, app.state.predictor = batcher, limits, predictor
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError):
@@ -212,68 +258,32 @@ def create_app(predictor, *, model_name: str = "model", limits: Limits | None = 
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
         return JSONResponse({"error": problems}, status_code=422)
 
-    async def read_body(request: Request) -> bytes:
-        limit = int(limits.max_body_mb * 1024 * 1024)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, f"body of {int(declared):,} bytes is over the limit of {limit:,} "
-                                    f"({limits.max_body_mb:g} MB)")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, f"body is over the limit of {limit:,} bytes ({limits.max_body_mb:g} MB)")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
-    async def images_of(request: Request, field: str, many: bool) -> list[tuple[str, bytes]]:
-        """(name, bytes) of the uploaded images: multipart files, or the raw body for one image."""
-        content_type = request.headers.get("content-type", "").lower()
-        if content_type.startswith("multipart/form-data"):
-            body = await read_body(request)  # size-checked before the form parser spools anything
-            from starlette.datastructures import UploadFile
-            from starlette.requests import Request as StarletteRequest
+# ------------------------------------------------------------------------------------------ the app
 
-            async def replay():
-                return {"type": "http.request", "body": body, "more_body": False}
+def create_app(predictor, *, model_name: str = "model", limits: Limits | None = None, max_batch: int = 8):
+    """The FastAPI app around one loaded predictor (anything with `predict_batch` and `threshold`)."""
+    from contextlib import asynccontextmanager
 
-            form = await StarletteRequest(request.scope, replay).form(max_files=limits.max_batch_images + 1)
-            files = [v for k, v in form.multi_items() if isinstance(v, UploadFile) and (k == field or not many)]
-            if not files:
-                raise RequestError(422, f"no file in the form; send the image as the multipart field {field!r}")
-            return [(f.filename or field, await f.read()) for f in files]
-        if many:
-            raise RequestError(415, f"content type {content_type or 'none'!r}: send multipart/form-data "
-                                    f"with one or more {field!r} files")
-        if not content_type.startswith(IMAGE_TYPES):
-            raise RequestError(415, f"content type {content_type or 'none'!r} is not an image; send the image "
-                                    "bytes as image/* (or application/octet-stream), or multipart/form-data")
-        return [("body", await read_body(request))]
+    from fastapi import FastAPI, Query, Request
+    from fastapi.responses import JSONResponse, Response
 
-    async def segment_one(name: str, data: bytes, output: str, threshold: float | None,
-                          background) -> tuple[bytes, dict]:
-        t0 = time.perf_counter()
-        rgb = await run_in_threadpool(decode, data, limits, name)
-        future = batcher.submit(rgb)
-        try:
-            alpha = await asyncio.wait_for(asyncio.wrap_future(future), timeout=limits.timeout_s)
-        except asyncio.TimeoutError:
-            future.cancel()
-            raise RequestError(504, f"{name}: not done within the server's limit of {limits.timeout_s:g} s") from None
-        t = predictor.threshold if threshold is None else threshold
-        image = await run_in_threadpool(render.output, output, rgb, alpha, t, background)
-        png = await run_in_threadpool(encode_png, image)
-        meta = {"name": name, "width": rgb.shape[1], "height": rgb.shape[0], "output": output,
-                "model": model_name, "threshold": t, "person_fraction": round(float((alpha >= t).mean()), 6),
-                "elapsed_ms": round(1000 * (time.perf_counter() - t0), 1)}
-        return png, meta
+    limits = limits or Limits()
+    batcher = Batcher(predictor, max_batch=max_batch, max_queue=limits.max_queue)
+    started = time.time()
 
-    def options(output: str, background: str, threshold: float | None):
-        if output not in OUTPUT_KINDS:
-            raise RequestError(422, f"output={output!r}: choose one of {', '.join(OUTPUT_KINDS)}")
-        return parse_background(background) if output == "background" else None
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
 
-    output_q = Query("mask", description=f"what to return: {', '.join(OUTPUT_KINDS)}")
+    app = FastAPI(title="personseg", version=_version(), lifespan=lifespan,
+                  description="Person segmentation: masks, soft alpha, cut-outs and new backgrounds.")
+    state = app.state
+    state.batcher, state.limits, state.predictor, state.model_name = batcher, limits, predictor, model_name
+    _add_error_handlers(app)
+
+    output_q = Query("mask", description=f"what to return: {', '.join(render.OUTPUTS)}")
     format_q = Query("png", pattern="^(png|json)$", description="png: the image itself; json: base64 PNG + metadata")
     background_q = Query("blur", description="for output=background: blur, #RRGGBB, R,G,B or a colour name")
     threshold_q = Query(None, ge=0.0, le=1.0, description="mask threshold (default: the model's own)")
@@ -284,9 +294,9 @@ def create_app(predictor, *, model_name: str = "model", limits: Limits | None = 
               responses={200: {"content": {"image/png": {}}}})
     async def segment(request: Request, output: str = output_q, format: str = format_q,
                       background: str = background_q, threshold: float | None = threshold_q):
-        bg = options(output, background, threshold)
-        name, data = (await images_of(request, "image", many=False))[0]
-        png, meta = await segment_one(name, data, output, threshold, bg)
+        bg = check_options(output, background)
+        name, data = (await images_of(request, "image", many=False, limits=limits))[0]
+        png, meta = await segment_one(state, name, data, output, threshold, bg)
         if format == "png":
             headers = {"X-Person-Fraction": str(meta["person_fraction"]), "X-Elapsed-Ms": str(meta["elapsed_ms"])}
             return Response(png, media_type="image/png", headers=headers)
@@ -297,14 +307,14 @@ def create_app(predictor, *, model_name: str = "model", limits: Limits | None = 
                           "entry per image in order: the base64 PNG and metadata, or an error for that image.")
     async def segment_batch(request: Request, output: str = output_q, background: str = background_q,
                             threshold: float | None = threshold_q):
-        bg = options(output, background, threshold)
-        files = await images_of(request, "images", many=True)
+        bg = check_options(output, background)
+        files = await images_of(request, "images", many=True, limits=limits)
         if len(files) > limits.max_batch_images:
             raise RequestError(413, f"{len(files)} images is over the limit of {limits.max_batch_images} per request")
 
         async def one(name: str, data: bytes) -> dict:
             try:
-                png, meta = await segment_one(name, data, output, threshold, bg)
+                png, meta = await segment_one(state, name, data, output, threshold, bg)
             except RequestError as e:
                 return {"name": name, "error": e.message, "status": e.status}
             return {**meta, "png_base64": base64.b64encode(png).decode("ascii")}
@@ -318,33 +328,26 @@ def create_app(predictor, *, model_name: str = "model", limits: Limits | None = 
 
     @app.get("/v1/models", summary="The loaded model and the shipped ones")
     async def models():
-        info = getattr(predictor, "info", {}) or {}
-        loaded = {"name": model_name, "threshold": predictor.threshold,
-                  "input_size": list(getattr(predictor, "input_size", ()) or []),
-                  "architecture": info.get("arch"), "tta": getattr(predictor, "tta", None),
-                  "format": info.get("format"), "precision": info.get("precision")}
-        return {"loaded": loaded, "shipped": shipped_models(),
+        return {"loaded": describe(predictor, model_name), "shipped": shipped_models(),
                 "limits": {"max_body_mb": limits.max_body_mb, "max_pixels": limits.max_pixels,
                            "timeout_s": limits.timeout_s, "max_batch_images": limits.max_batch_images}}
 
     return app
 
 
-def load_shared(model: str | None, **kwargs):
-    """`personseg.load` for a server: ONNX Runtime's threads told not to spin-wait where the API has the
-    option, since request threads (decode, render, PNG) share the cores with the model."""
-    import inspect
-
-    import personseg
-
-    if "spinning" in inspect.signature(personseg.load).parameters:
-        kwargs["spinning"] = False
-    return personseg.load(model, **kwargs)
+def describe(predictor, model_name: str) -> dict:
+    """The loaded model, as GET /v1/models shows it."""
+    info = getattr(predictor, "info", {}) or {}
+    return {"name": model_name, "threshold": predictor.threshold,
+            "input_size": list(getattr(predictor, "input_size", ()) or []),
+            "architecture": info.get("arch"), "tta": getattr(predictor, "tta", None),
+            "format": info.get("format"), "precision": info.get("precision")}
 
 
 def shipped_models() -> list[str]:
-    weights = Path(__file__).parent / "weights"
-    return sorted({p.stem for p in weights.glob("*") if p.suffix in (".pt", ".onnx")})
+    from personseg.predict import shipped_models
+
+    return shipped_models()
 
 
 def _version() -> str:
@@ -358,14 +361,11 @@ def _version() -> str:
 # ------------------------------------------------------------------------------------------ the CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="PATH_OR_NAME",
-                        help="a checkpoint, an .onnx file or a shipped model name (default: the shipped default)")
+    add_predictor_arguments(parser, default_device="cpu")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes the "
                              "API to the network, with no authentication)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="default: cpu")
-    parser.add_argument("--no-refine", action="store_true", help="bilinear upsampling instead of the guided filter")
     parser.add_argument("--max-batch", type=int, default=8, metavar="N",
                         help="images run by the model together when requests wait (default: 8; 1 = never)")
     parser.add_argument("--max-body-mb", type=float, default=Limits.max_body_mb, help="request body limit (default: 20)")
@@ -386,7 +386,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: binding {args.host}: the API is reachable from other machines, with no authentication",
               file=sys.stderr)
     try:
-        predictor = load_shared(args.model, device=args.device, refine=not args.no_refine)
+        # ORT's threads do not spin-wait: request threads (decode, render, PNG) share the cores with the model
+        predictor = load_predictor(args, spinning=False)
     except (OSError, ValueError) as e:
         print(f"personseg serve: cannot load the model: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""`personseg video`: replace or blur the background of a video, or write its masks or alpha.
+"""`personseg video`: replace or blur the background of a video, or write its masks, alpha or cut-out.
 
 A thin caller of `personseg.video.process_video`: decode, segment and encode overlap in threads; memory
 stays constant whatever the length of the video.
@@ -8,20 +8,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from personseg.cli import positive_int, threshold
+from personseg.cli import add_predictor_arguments, load_predictor, positive_int
 
-VIDEO_MODEL = "fast"  # 25 frames/s end to end at 854x480 on 2 CPU cores (benchmarks/video.py)
+VIDEO_MODEL = "fast"  # the real-time preset: its frames/s are measured by benchmarks/video.py
+OLD_KINDS = {"composite": "background", "masks": "mask"}  # --output-kind names before render.OUTPUTS
 
 EPILOG = """\
 INPUT is a video file, a folder of frames (images sorted by name, at --fps) or a camera index (0, 1, ...;
 stop with Ctrl-C).
 
-outputs:
-  composite (default)  OUTPUT.mp4 (or .mov, .mkv): H.264 (libx264, yuv420p), the person over --background
-  masks                OUTPUT.mp4: the mask as a black-and-white H.264 video (255 = person)
-  alpha                OUTPUT.mov: QuickTime Animation (qtrle) with an alpha channel; any other OUTPUT is
-                       a folder of RGBA PNGs OUTPUT/00000.png, 00001.png, ... (no audio)
-  --save-masks DIR     also DIR/00000.png, ...: 8-bit masks, 255 = person, named by 0-based frame index
+outputs (--output-kind, drawn on every frame):
+{kinds}
+OUTPUT is an H.264 video (libx264, yuv420p; .mp4, .mov, .mkv or .m4v), audio copied; for cutout, a .mov
+(QuickTime Animation, qtrle, with transparency) or else a folder of RGBA PNGs OUTPUT/00000.png, ... (no
+audio). --save-masks DIR also writes DIR/00000.png, ...: 8-bit masks, 255 = person, named by 0-based
+frame index. The earlier names composite and masks still work, for background and mask.
 
 Video outputs keep every frame and its timestamp (variable frame rate included), the rotation flag of
 phone videos (multiples of 90 degrees; frames are segmented upright) and the first audio stream, copied
@@ -40,8 +41,8 @@ examples:
   personseg video talk.mp4 -o talk_blur.mp4
   personseg video talk.mp4 -o talk_green.mp4 --background "#00b140" --temporal flow
   personseg video talk.mp4 -o beach.mp4 --background beach.jpg --track
-  personseg video frames/ -o cutout/ --output-kind alpha --fps 25
-  personseg video talk.mp4 -o talk_masks.mp4 --output-kind masks --save-masks masks/
+  personseg video frames/ -o cutout/ --output-kind cutout --fps 25
+  personseg video talk.mp4 -o talk_masks.mp4 --output-kind mask --save-masks masks/
   personseg video 0 -o webcam.mp4 --background office.mp4
 """
 
@@ -54,19 +55,22 @@ def _fps(value: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from personseg.render import OUTPUTS
+    from personseg.video import TEMPORAL_MODES
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
+    parser.epilog = EPILOG.format(kinds="".join(f"  {kind:12}{o.about}\n" for kind, o in OUTPUTS.items()))
     parser.add_argument("input", metavar="INPUT", help="a video file, a folder of frames or a camera index")
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT",
-                        help="the output video (.mp4, .mov, .mkv), or a folder for --output-kind alpha")
+                        help="the output video (.mp4, .mov, .mkv), or a folder for --output-kind cutout")
     parser.add_argument("--background", default="blur", metavar="BG",
                         help="behind the person: blur (the video's own background, blurred), a colour "
                              "(white, black, green, blue, red, gray, #RRGGBB or R,G,B), an image file "
                              "(resized to cover) or a video file (looped) (default: blur)")
-    parser.add_argument("--output-kind", choices=["composite", "alpha", "masks"], default="composite",
-                        help="what OUTPUT holds (default: composite; see below)")
+    parser.add_argument("--output-kind", choices=[*OUTPUTS, *OLD_KINDS], default="background", metavar="KIND",
+                        help=f"what OUTPUT shows: {', '.join(OUTPUTS)} (default: background; see below)")
     parser.add_argument("--save-masks", metavar="DIR", help="also write 0/255 PNG masks DIR/00000.png, ...")
-    parser.add_argument("--temporal", choices=["median", "ema", "flow", "off"], default="median",
+    parser.add_argument("--temporal", choices=TEMPORAL_MODES, default="median",
                         help="steady the masks over time: median (of each frame and its neighbours: "
                              "blinks of a frame are gone, lasting changes come through on time; one "
                              "frame of delay), ema (motion-aware smoothing of the past frames: no delay, "
@@ -82,16 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "for small people; the full frame is searched again every 30 frames)")
     parser.add_argument("--fps", type=_fps, metavar="FPS",
                         help="frame rate of a folder of frames or a camera (default: 30, or the camera's)")
-    parser.add_argument("--threshold", type=threshold, metavar="T",
-                        help="alpha at or above which a pixel is person, for masks (default: the model's own)")
-    parser.add_argument("--no-refine", action="store_true",
-                        help="upsample the model's output bilinearly instead of with the guided filter (faster)")
-    parser.add_argument("--model", default=VIDEO_MODEL, metavar="PATH_OR_NAME",
-                        help="a checkpoint file or a shipped model name (accurate, fast); recurrent "
-                             f"checkpoints carry their state from frame to frame (default: {VIDEO_MODEL}, "
-                             "the real-time preset; images default to accurate)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="where to run the model (default: auto, cuda when a GPU is available)")
+    add_predictor_arguments(parser, default_model=VIDEO_MODEL, default_tta=False,
+                            model_note="; recurrent checkpoints carry their state from frame to frame; "
+                                       "fast is the real-time preset, images default to accurate")
     parser.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
                         help="frames run through the model together (default: 4)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -99,7 +96,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import personseg
     from personseg.video import VideoError, parse_background, process_video
 
     def fail(message: str, code: int) -> int:
@@ -112,16 +108,15 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--background: {e}", 2)
     try:
         # ORT's workers do not spin-wait here: decoding, the guided filter and x264 need the same cores
-        predictor = personseg.load(args.model, device=args.device, refine=not args.no_refine, tta=False,
-                                   spinning=False)
+        predictor = load_predictor(args, spinning=False)
     except (OSError, ValueError) as e:
         return fail(f"cannot load the model: {e}", 2)
     try:
         summary = process_video(
-            args.input, args.output, predictor, background=background, output_kind=args.output_kind,
-            save_masks=args.save_masks, temporal=args.temporal, hysteresis=args.hysteresis, track=args.track,
-            batch_size=args.batch_size,
-            threshold=args.threshold, overwrite=args.overwrite, fps=args.fps,
+            args.input, args.output, predictor, background=background,
+            output_kind=OLD_KINDS.get(args.output_kind, args.output_kind), save_masks=args.save_masks,
+            temporal=args.temporal, hysteresis=args.hysteresis, track=args.track, batch_size=args.batch_size,
+            overwrite=args.overwrite, fps=args.fps,
             progress=not args.quiet and sys.stderr.isatty())
     except VideoError as e:
         return fail(str(e), 1)

@@ -258,3 +258,17 @@ def test_checkpoints_follow_the_umask_and_stale_temps_are_removed(tiny, tmp_path
         os.umask(old)
     assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "tiny.pt"]
+
+
+def test_load_takes_the_threshold_the_cli_passes(tiny_checkpoint):
+    """`--threshold` goes into `load` (so --keep largest picks its region at it), not onto the predictor after."""
+    from argparse import ArgumentParser
+
+    from personseg.cli import add_predictor_arguments, load_predictor
+
+    parser = ArgumentParser()
+    add_predictor_arguments(parser)
+    own = personseg.load(tiny_checkpoint).threshold
+    args = parser.parse_args(["--model", str(tiny_checkpoint), "--device", "cpu", "--threshold", "0.3"])
+    assert load_predictor(args).threshold == 0.3 != own
+    assert personseg.load(tiny_checkpoint, threshold=0.7).threshold == 0.7

@@ -80,3 +80,32 @@ def test_parse_background(tmp_path):
 def test_parse_background_errors(value):
     with pytest.raises(ValueError, match="background"):
         render.parse_background(value)
+
+
+def test_parse_background_without_images_never_reads_a_file(tmp_path):
+    path = tmp_path / "beach.png"
+    Image.new("RGB", (7, 5)).save(path)
+    assert render.parse_background("#00b140", images=False) == (0, 177, 64)
+    with pytest.raises(ValueError, match="is not 'blur' or a colour"):
+        render.parse_background(str(path), images=False)
+
+
+@pytest.mark.parametrize("kind", list(render.OUTPUTS))
+def test_every_output_kind(kind):
+    """Each kind of the table: a uint8 picture of the photo's size (compare: three side by side), RGBA
+    exactly when the table says so, its file suffix PNG or JPEG."""
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    alpha = np.linspace(0, 1, 40, dtype=np.float32)[None].repeat(30, 0)
+    picture = render.output(kind, rgb, alpha, 0.5, (0, 255, 0))
+    assert picture.dtype == np.uint8 and picture.shape[:2] == (30, 120 if kind == "compare" else 40)
+    assert (picture.ndim == 3 and picture.shape[2] == 4) == render.OUTPUTS[kind].rgba
+    assert render.OUTPUTS[kind].suffix.endswith((".png", ".jpg")) and render.OUTPUTS[kind].about
+
+
+def test_alpha_is_the_soft_grey_alpha_and_cutout_the_rgba():
+    rgb = np.full((2, 2, 3), 7, np.uint8)
+    alpha = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
+    np.testing.assert_array_equal(render.output("alpha", rgb, alpha, 0.5), [[0, 128], [255, 64]])
+    np.testing.assert_array_equal(render.output("cutout", rgb, alpha, 0.5)[..., 3], [[0, 128], [255, 64]])
+    with pytest.raises(ValueError, match="choose one of mask, alpha"):
+        render.output("nope", rgb, alpha, 0.5)

@@ -113,7 +113,7 @@ def test_rotation_and_variable_frame_rate_are_kept(tmp_path, video):
     src = write_clip(tmp_path / "vfr.mkv", frames=len(times), audio=False, rotation=90, pts=times,
                      time_base=Fraction(1, 1000))
     out, masks = tmp_path / "out.mkv", tmp_path / "masks"
-    code, err = video(src, "-o", out, "--save-masks", masks, "--output-kind", "masks", "--track")
+    code, err = video(src, "-o", out, "--save-masks", masks, "--output-kind", "masks", "--track")  # old name of mask
     assert code == 0, err
     dst = probe(out)
     assert dst["times"] == pytest.approx([t / 1000 for t in times])
@@ -133,16 +133,35 @@ def test_folder_of_frames_odd_size(tmp_path, video):
     assert (dst["width"], dst["height"]) == (98, 62)  # yuv420p needs even sizes: padded by one pixel
 
 
-def test_alpha_outputs(clip, tmp_path, video):
-    code, err = video(clip, "-o", tmp_path / "alpha", "--output-kind", "alpha")
+def test_cutout_outputs(clip, tmp_path, video):
+    code, err = video(clip, "-o", tmp_path / "cutout", "--output-kind", "cutout")
     assert code == 0, err
-    pngs = sorted((tmp_path / "alpha").iterdir())
+    pngs = sorted((tmp_path / "cutout").iterdir())
     assert len(pngs) == N and cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED).shape == (H, W, 4)
-    code, err = video(clip, "-o", tmp_path / "alpha.mov", "--output-kind", "alpha")
+    code, err = video(clip, "-o", tmp_path / "cutout.mov", "--output-kind", "cutout")
     assert code == 0, err
-    dst = probe(tmp_path / "alpha.mov")
+    dst = probe(tmp_path / "cutout.mov")
     assert (dst["codec"], dst["pix_fmt"], dst["decoded"]) == ("qtrle", "argb", N)
     assert "audio" in dst
+
+
+def test_every_output_kind_means_what_segment_writes(clip, tmp_path):
+    """`--output-kind K` shows on each frame the picture `segment --save K` writes (alpha: the soft grey alpha)."""
+    from personseg import render
+
+    predictor = BrightPredictor()
+    for kind, out in render.OUTPUTS.items():
+        path = tmp_path / ("cutout" if out.rgba else f"{kind}.mkv")
+        process_video(clip, path, predictor, output_kind=kind, temporal="off")
+        first = cv2.imread(str(path / "00000.png"), cv2.IMREAD_UNCHANGED) if out.rgba else probe(path)["first"]
+        rgb = probe(clip)["first"]
+        expected = render.output(kind, rgb, predictor.predict_batch([rgb])[0], 0.5, "blur")
+        if expected.ndim == 2:
+            expected = np.repeat(expected[..., None], 3, axis=2)
+        if out.rgba:
+            expected = cv2.cvtColor(expected, cv2.COLOR_RGBA2BGRA)
+        assert first.shape == expected.shape, kind
+        assert np.abs(first.astype(int) - expected).mean() < 6, kind  # H.264 is lossy
 
 
 def test_existing_output_needs_overwrite(clip, tmp_path, video):
@@ -198,7 +217,7 @@ def test_recurrent_checkpoint_runs_through_the_video_path(clip, tmp_path):
     save_checkpoint(path, create_model("recurrent_unet_mobilenet_v2", **kwargs),
                     arch="recurrent_unet_mobilenet_v2", model_kwargs=kwargs, input_size=(160, 96))
     predictor = Predictor.from_checkpoint(path, refine=False)
-    summary = process_video(clip, tmp_path / "out.mp4", predictor, output_kind="masks")
+    summary = process_video(clip, tmp_path / "out.mp4", predictor, output_kind="mask")
     assert summary.frames == N and probe(tmp_path / "out.mp4")["decoded"] == N
     with pytest.raises(ValueError, match="track"):
         process_video(clip, tmp_path / "out2.mp4", predictor, track=True)
@@ -501,7 +520,7 @@ def test_partial_output_never_replaces_a_frame_folder_used_as_input(tmp_path):
     (frames / "00003.png").write_bytes(b"not a png")  # the run stops here and keeps frames 0-2
     before = {p.name: p.read_bytes() for p in frames.iterdir()}
     with pytest.raises(VideoError) as error:
-        process_video(frames, tmp_path / "shots", BrightPredictor(), output_kind="alpha")
+        process_video(frames, tmp_path / "shots", BrightPredictor(), output_kind="cutout")
     assert {p.name: p.read_bytes() for p in frames.iterdir()} == before
     assert error.value.partial == tmp_path / "shots.partial-2"
     assert sorted(p.name for p in error.value.partial.iterdir()) == ["00000.png", "00001.png", "00002.png"]

@@ -17,11 +17,11 @@ No torch: this runs on the light install. The clip metrics (`video_metrics`) are
 from personseg.video.io import (DEFAULT_FPS, OUTPUT_EXTENSIONS, VIDEO_EXTENSIONS, BackgroundVideo, CameraSource,
                                 FileSource, FolderSource, Frame, PngFolderWriter, VideoError, VideoWriter,
                                 open_source, parse_background)
-from personseg.video.pipeline import OUTPUT_KINDS, VideoSummary, check_outputs, process_video, segment_frames
+from personseg.video.pipeline import VideoSummary, check_outputs, process_video, segment_frames
 from personseg.video.temporal import TEMPORAL_MODES, TemporalFilter, TemporalMedian, make_temporal, smooth
 from personseg.video.tracking import PersonTracker, RecurrentSegmenter, make_segmenter
 
-__all__ = ["DEFAULT_FPS", "OUTPUT_EXTENSIONS", "OUTPUT_KINDS", "TEMPORAL_MODES", "VIDEO_EXTENSIONS",
+__all__ = ["DEFAULT_FPS", "OUTPUT_EXTENSIONS", "TEMPORAL_MODES", "VIDEO_EXTENSIONS",
            "BackgroundVideo", "CameraSource", "FileSource", "FolderSource", "Frame", "PersonTracker",
            "PngFolderWriter", "RecurrentSegmenter", "TemporalFilter", "TemporalMedian", "VideoError",
            "VideoSummary", "VideoWriter", "check_outputs", "make_segmenter", "make_temporal", "open_source",

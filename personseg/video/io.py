@@ -309,7 +309,7 @@ class VideoWriter:
     """Encode frames into a video file with PyAV, copying audio packets from `audio` (an input stream).
 
     Opens on the first frame (its size, rotation and time base set up the stream; audio packets that come
-    earlier wait). `write(image, frame)` takes the upright (H, W, 3) RGB or (H, W, 4) RGBA picture and
+    earlier wait). `write(image, frame)` takes the upright (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA picture and
     the input `Frame` whose timing and rotation it keeps."""
 
     def __init__(self, path: Path, codec: str = "libx264", pix_fmt: str = "yuv420p",
@@ -337,6 +337,8 @@ class VideoWriter:
                              "try a .mkv or .mov output") from None
 
     def write(self, image: np.ndarray, frame: Frame) -> None:
+        if image.ndim == 2:  # a gray picture (mask, alpha): as RGB, which H.264 takes
+            image = np.repeat(image[..., None], 3, axis=2)
         image = stored(image, frame.rotation)
         if self.pix_fmt == "yuv420p" and (image.shape[0] % 2 or image.shape[1] % 2):
             image = cv2.copyMakeBorder(image, 0, image.shape[0] % 2, 0, image.shape[1] % 2, cv2.BORDER_REPLICATE)

@@ -32,9 +32,6 @@ from personseg.video.io import (OUTPUT_EXTENSIONS, BackgroundVideo, CameraSource
 from personseg.video.temporal import make_temporal, smooth
 from personseg.video.tracking import make_segmenter
 
-OUTPUT_KINDS = ("composite", "alpha", "masks")
-
-
 def segment_frames(items: Iterable[Frame | Any], segmenter, temporal=None,
                    batch_size: int = 4) -> Iterator[tuple[Frame, np.ndarray] | Any]:
     """`Frame`s in, (frame, alpha) out, in order, `batch_size` frames per model call, through the
@@ -122,17 +119,17 @@ class VideoSummary:
 
 
 def output_is_folder(output: Path, output_kind: str) -> bool:
-    """alpha output: a .mov file (QuickTime Animation with alpha) or else a folder of RGBA PNGs."""
-    return output_kind == "alpha" and output.suffix.lower() != ".mov"
+    """An RGBA output kind (cutout) is a .mov file (QuickTime Animation with alpha) or else a folder of PNGs."""
+    return render.OUTPUTS[output_kind].rgba and output.suffix.lower() != ".mov"
 
 
 def check_outputs(output: Path, output_kind: str, save_masks: Path | None, overwrite: bool,
                   source_path: Path | None = None) -> None:
     """Raise ValueError or FileExistsError (with the fix) before any work is done."""
-    if output_kind not in OUTPUT_KINDS:
-        raise ValueError(f"output kind {output_kind!r}: choose {', '.join(OUTPUT_KINDS)}")
+    if output_kind not in render.OUTPUTS:
+        raise ValueError(f"output kind {output_kind!r}: choose {', '.join(render.OUTPUTS)}")
     if not output_is_folder(output, output_kind) and output.suffix.lower() not in OUTPUT_EXTENSIONS:
-        hint = " (or a folder name for PNGs)" if output_kind == "alpha" else ""
+        hint = " (or a folder name for PNGs)" if render.OUTPUTS[output_kind].rgba else ""
         raise ValueError(f"{output}: the output needs a video extension ({', '.join(sorted(OUTPUT_EXTENSIONS))}){hint}")
     folders = {save_masks, output if output_is_folder(output, output_kind) else None} - {None}
     for path in filter(None, [output, save_masks]):
@@ -153,20 +150,19 @@ def check_outputs(output: Path, output_kind: str, save_masks: Path | None, overw
 
 
 def process_video(source: str | Path | int, output: str | Path, predictor: Predictor, *,
-                  background: render.Background | BackgroundVideo = "blur", output_kind: str = "composite",
+                  background: render.Background | BackgroundVideo = "blur", output_kind: str = "background",
                   save_masks: str | Path | None = None, temporal: str = "off", hysteresis: float | None = None,
                   track: bool = False, batch_size: int = 4, threshold: float | None = None, overwrite: bool = False,
                   fps: float | None = None, progress: bool = False, queue_size: int | None = None) -> VideoSummary:
     """Segment a video (file, folder of frames or camera index) into `output`; see the module doc.
 
-    output_kind "composite": the person over `background` (H.264 mp4/mov/mkv, audio copied); "masks": the
-    0/255 mask as a video (audio copied); "alpha": RGBA, a .mov (QuickTime Animation) or a PNG folder.
-    `save_masks`: a folder for 0/255 PNG masks named by 0-based frame index. `temporal`: off, median
+    `output_kind`: a kind of `render.OUTPUTS`, drawn on every frame ("background": the person over
+    `background`, the default). RGBA kinds (cutout) go to a .mov (QuickTime Animation) or a folder of PNGs,
+    the others to H.264 (mp4/mov/mkv/m4v, audio copied). `save_masks`: a folder for 0/255 PNG masks named by 0-based frame index. `temporal`: off, median
     (`TemporalMedian`), ema or flow (`TemporalFilter`), with `hysteresis` (None: the mode's default).
     `track`: segment a crop around the person (`PersonTracker`). `fps` is the frame rate of folders and
-    cameras. Raises `VideoError` (bad input, with `partial` set if
-    something was kept), ValueError, FileNotFoundError or FileExistsError (bad arguments, nothing
-    written).
+    cameras. Raises `VideoError` (bad input, with `partial` set if something was kept),
+    ValueError, FileNotFoundError or FileExistsError (bad arguments, nothing written).
     """
     output = Path(output)
     save_masks = Path(save_masks) if save_masks is not None else None
@@ -188,50 +184,22 @@ def process_video(source: str | Path | int, output: str | Path, predictor: Predi
 def _run(src, output: Path, output_kind: str, save_masks: Path | None, segmenter, smoother, background,
          threshold: float, batch_size: int, overwrite: bool, progress: bool, queue_size: int) -> VideoSummary:
     """The pipeline of `process_video`, once its arguments are checked: stage, stream, finalize."""
-    staged: list[StagedOutput] = []
-    writers: list = []
-    if output_is_folder(output, output_kind):
-        staged.append(StagedOutput(output, folder=True))
-        writers.append(PngFolderWriter(staged[-1].temp))
-    else:
-        staged.append(StagedOutput(output, folder=False))
-        codec = ("qtrle", "argb") if output_kind == "alpha" else ("libx264", "yuv420p")
-        writers.append(VideoWriter(staged[-1].temp, *codec, rate=src.rate, audio=src.audio))
-    if save_masks is not None:
-        staged.append(StagedOutput(save_masks, folder=True))
-        writers.append(PngFolderWriter(staged[-1].temp))
-
-    def picture(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-        if output_kind == "alpha":
-            return render.cutout(rgb, alpha)
-        if output_kind == "masks":
-            return np.repeat(render.mask(alpha, threshold)[..., None], 3, axis=2)
-        back = background.next() if isinstance(background, BackgroundVideo) else background
-        return render.replace_background(rgb, alpha, back)
-
     from tqdm import tqdm
 
+    staged, writers = zip(*_outputs(src, output, output_kind, save_masks))
+
+    def pictures(frame: Frame, alpha: np.ndarray) -> Iterator[np.ndarray]:
+        """The picture of each writer, made as it is needed: the output kind's, then the mask."""
+        back = background.next() if isinstance(background, BackgroundVideo) else background
+        yield render.output(output_kind, frame.rgb, alpha, threshold, back)
+        yield render.mask(alpha, threshold)
+
     bar = tqdm(total=src.frames or None, unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    start, frames, failure = time.perf_counter(), 0, None
+    start = time.perf_counter()
     pipeline = _in_thread(segment_frames(_in_thread(src, queue_size), segmenter, smoother, batch_size), queue_size)
     try:
         try:
-            for item in pipeline:
-                if not isinstance(item, tuple):
-                    for writer in writers:
-                        writer.mux_audio(item)
-                    continue
-                frame, alpha = item
-                writers[0].write(picture(frame.rgb, alpha), frame)
-                if save_masks is not None:
-                    writers[1].write(render.mask(alpha, threshold), frame)
-                frames += 1
-                bar.update()
-        except KeyboardInterrupt:
-            if not isinstance(src, CameraSource):
-                failure = VideoError(f"{src.path}: interrupted after {frames} frames")
-        except VideoError as e:
-            failure = e
+            frames, failure = _stream(pipeline, src, writers, pictures, bar)
         except (OSError, av.FFmpegError) as e:
             raise VideoError(f"{output}: cannot write the output ({error_reason(e)})") from None
         finally:
@@ -244,7 +212,48 @@ def _run(src, output: Path, output_kind: str, save_masks: Path | None, segmenter
             s.discard()
         raise
     seconds = time.perf_counter() - start
+    return VideoSummary(frames, seconds, _finalize(staged, src, frames, failure, overwrite))
 
+
+def _outputs(src, output: Path, output_kind: str, save_masks: Path | None) -> list[tuple[StagedOutput, Any]]:
+    """(staged output, its writer) for `output` and, if given, the `save_masks` folder."""
+    if output_is_folder(output, output_kind):
+        staged = StagedOutput(output, folder=True)
+        outputs = [(staged, PngFolderWriter(staged.temp))]
+    else:
+        staged = StagedOutput(output, folder=False)
+        codec = ("qtrle", "argb") if render.OUTPUTS[output_kind].rgba else ("libx264", "yuv420p")
+        outputs = [(staged, VideoWriter(staged.temp, *codec, rate=src.rate, audio=src.audio))]
+    if save_masks is not None:
+        staged = StagedOutput(save_masks, folder=True)
+        outputs.append((staged, PngFolderWriter(staged.temp)))
+    return outputs
+
+
+def _stream(pipeline: Iterator, src, writers, pictures, bar) -> tuple[int, VideoError | None]:
+    """Write the (frame, alpha) pairs of `pipeline` and copy its audio packets: (frames written, the
+    VideoError that stopped the input early or None). Ctrl-C stops a camera, and a file with an error."""
+    frames = 0
+    try:
+        for item in pipeline:
+            if not isinstance(item, tuple):
+                for writer in writers:
+                    writer.mux_audio(item)
+                continue
+            for writer, picture in zip(writers, pictures(*item)):
+                writer.write(picture, item[0])
+            frames += 1
+            bar.update()
+    except KeyboardInterrupt:
+        if not isinstance(src, CameraSource):
+            return frames, VideoError(f"{src.path}: interrupted after {frames} frames")
+    except VideoError as e:
+        return frames, e
+    return frames, None
+
+
+def _finalize(staged, src, frames: int, failure: VideoError | None, overwrite: bool) -> list[Path]:
+    """Rename the complete outputs into place; after a failure keep the partial ones and raise."""
     if failure is not None or frames == 0:
         if frames == 0:
             for s in staged:
@@ -254,9 +263,8 @@ def _run(src, output: Path, output_kind: str, save_masks: Path | None, segmenter
         raise VideoError(f"{failure}; the {frames} frames before it are in {', '.join(map(str, kept))}",
                          partial=kept[0])
     try:
-        outputs = [s.commit(overwrite) for s in staged]
+        return [s.commit(overwrite) for s in staged]
     except FileExistsError:
         for s in staged:
             s.discard()
         raise
-    return VideoSummary(frames, seconds, outputs)
