@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from personseg.extras import TRAIN_EXTRA, TRAIN_PACKAGES, MissingExtraError
+
 # name -> (module, one-line help)
 COMMANDS = {
     "segment": ("personseg.segment_cli", "segment images, folders or globs and save masks, cut-outs, overlays"),
@@ -97,17 +99,6 @@ def load_predictor(args: argparse.Namespace, **options):
 
     return personseg.load(args.model, device=getattr(args, "device", "cpu"), refine=not args.no_refine,
                           tta=args.tta, keep=args.keep, threshold=args.threshold, **options)
-
-
-TRAIN_EXTRA = 'pip install "personseg[train]"'
-
-
-class MissingExtraError(ImportError):
-    """Something that needs a package of the `train` extra (torch for .pt checkpoints) without it."""
-
-# top-level packages of the train extra (pyproject.toml); a command importing one that is missing names the extra
-TRAIN_PACKAGES = {"torch", "torchvision", "albumentations", "tensorboard", "pycocotools", "yaml", "skimage",
-                  "onnx", "onnxscript", "scipy"}
 
 
 def missing_extra_message(command: str, package: str) -> str:

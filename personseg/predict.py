@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from personseg.cli import TRAIN_EXTRA, MissingExtraError
+from personseg.extras import TRAIN_EXTRA, MissingExtraError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "accurate"
