@@ -29,7 +29,7 @@ import personseg
 from personseg.bench import time_runs
 from personseg.evaluate import evaluate_folders
 from personseg.export import calibration_images, calibration_inputs, export_onnx, quantize_int8
-from personseg.predict import Predictor
+from personseg.predict import InputSpec, Predictor
 
 FOLDERS = ("portraits", "ccp", "hsd")
 
@@ -52,7 +52,7 @@ def onnx_pair(checkpoint: str, fp32: Path, calib: list[Path]) -> tuple[Path, Pat
     info = predictor.info
     export_onnx(predictor.model, info, fp32)
     int8 = fp32.with_suffix(".int8.onnx")
-    quantize_int8(fp32, int8, list(calibration_inputs(calib, info["input_size"], info["mean"], info["std"])))
+    quantize_int8(fp32, int8, list(calibration_inputs(calib, InputSpec.from_info(info))))
     return fp32, int8
 
 

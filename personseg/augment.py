@@ -83,8 +83,20 @@ class PersonCrop(A.DualTransform):
     def apply_to_mask(self, mask: np.ndarray, window: tuple, **params: Any) -> np.ndarray:
         return crop_resize(mask, window, self.size, cv2.INTER_NEAREST_EXACT, 0)
 
+    def apply_to_keypoints(self, keypoints: np.ndarray, window: tuple, **params: Any) -> np.ndarray:
+        return window_keypoints(keypoints, window)
+
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("size", "zoom_range", "far_prob", "far_range", "jitter")
+
+
+def window_keypoints(keypoints: np.ndarray, window: tuple[float, float, float]) -> np.ndarray:
+    """Keypoints (N, 2+) x, y of the source -> of crop_resize's output (pixel centres stay centres)."""
+    x0, y0, k = window
+    out = np.array(keypoints, dtype=np.float64, copy=True)
+    out[:, 0] = (out[:, 0] - x0) * k
+    out[:, 1] = (out[:, 1] - y0) * k
+    return out
 
 
 def crop_resize(src: np.ndarray, window: tuple[float, float, float], size: tuple[int, int], interp: int,
@@ -193,27 +205,39 @@ def build_augment(intensity: str, size: tuple[int, int]) -> A.Compose:
                              p=c["p_hsv"]),
         A.GaussNoise(std_range=c["noise"], p=c["p_noise"]),
         BackgroundBlur(p=c["p_bgblur"]),
-    ])
+    ], keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
 
 
 def apply_augment(pipeline: A.Compose, image: np.ndarray, mask: np.ndarray, masks: list[np.ndarray],
-                  seed: int) -> dict[str, Any]:
+                  seed: int, keypoints: np.ndarray | None = None) -> dict[str, Any]:
     """Run `pipeline` with its random state derived from `seed` alone (deterministic per sample,
-    whatever worker runs it). Returns dict(image, mask, masks)."""
+    whatever worker runs it). Returns dict(image, mask, masks), and `keypoints` (N, 2) x, y moved with
+    the picture, plus `flipped` (whether it was mirrored), when keypoints are given."""
     pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
-    out = pipeline(image=image, mask=mask, masks=list(masks))
-    return {"image": out["image"], "mask": out["mask"], "masks": list(out["masks"])}
+    if keypoints is None:
+        out = pipeline(image=image, mask=mask, masks=list(masks))
+        return {"image": out["image"], "mask": out["mask"], "masks": list(out["masks"])}
+    # two probe points left and right of the centre tell a mirror (rotations stay under 90 degrees)
+    h, w = image.shape[:2]
+    probes = np.array([[w * 0.25, h * 0.5], [w * 0.75, h * 0.5]])
+    out = pipeline(image=image, mask=mask, masks=list(masks), keypoints=np.concatenate([keypoints[:, :2], probes]))
+    moved = np.asarray(out["keypoints"], np.float64)
+    return {"image": out["image"], "mask": out["mask"], "masks": list(out["masks"]),
+            "keypoints": moved[:-2, :2], "flipped": bool(moved[-2, 0] > moved[-1, 0])}
+
+
+def letterbox_window(shape: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, float]:
+    """crop_resize's window (x0, y0, scale) that fits a picture of `shape` (H, W) into `size` (W, H), centred."""
+    (H0, W0), (W, H) = shape, size
+    k = min(W / W0, H / H0)
+    return -(W - W0 * k) / 2 / k, -(H - H0 * k) / 2 / k, k
 
 
 def letterbox(image: np.ndarray, mask: np.ndarray, masks: list[np.ndarray], size: tuple[int, int]):
     """Resize keeping aspect to fit in `size` = (W, H), centre, pad (masks pad with 0).
     Returns (image, mask, masks); used for validation and the `none` augmentation."""
-    H0, W0 = image.shape[:2]
-    W, H = size
-    k = min(W / W0, H / H0)
-    x0, y0 = -(W - W0 * k) / 2 / k, -(H - H0 * k) / 2 / k  # window origin in source pixels
-    interp = cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
-    window = (x0, y0, k)
+    window = letterbox_window(image.shape[:2], size)
+    interp = cv2.INTER_AREA if window[2] < 1 else cv2.INTER_LINEAR
     return (crop_resize(image, window, size, interp, PAD_COLOR),
             crop_resize(mask, window, size, cv2.INTER_NEAREST_EXACT, 0),
             [crop_resize(m, window, size, cv2.INTER_NEAREST_EXACT, 0) for m in masks])

@@ -320,6 +320,7 @@ def _skip_reason(backend: str, device: torch.device, ort_missing: str | None) ->
 
 def _onnx_session(model, info, backend, folder: Path, device, threads, calib, calib_size):
     from personseg.export import calibration_images, calibration_inputs, export_onnx, quantize_int8
+    from personseg.predict import InputSpec
     from personseg.onnx_backend import OnnxModel
 
     fp32 = folder / "model.onnx"
@@ -330,7 +331,7 @@ def _onnx_session(model, info, backend, folder: Path, device, threads, calib, ca
         path = folder / "model.int8.onnx"
         if calib:
             paths = calibration_images(calib, 16)
-            inputs = list(calibration_inputs(paths, info["input_size"], info["mean"], info["std"]))
+            inputs = list(calibration_inputs(paths, InputSpec.from_info(info)))
         else:
             generator = torch.Generator().manual_seed(0)
             inputs = [torch.randn(1, 3, calib_size[1], calib_size[0], generator=generator).numpy() for _ in range(4)]

@@ -50,17 +50,19 @@ def nonnegative_int(value: str) -> int:
 
 
 def save_kinds(value: str) -> list[str]:
-    """argparse type: comma-separated output kinds of `render.OUTPUTS`, or "all"."""
-    from personseg.render import OUTPUTS
+    """argparse type: comma-separated output kinds of `render.OUTPUTS` or "all" (every one of them);
+    `parts` and `landmarks` (a multi-task model's heads) each add their companion picture."""
+    from personseg.render import HEAD_GROUPS, HEAD_OUTPUTS, OUTPUTS
 
     kinds = [k.strip().lower() for k in value.split(",") if k.strip()]
     if kinds == ["all"]:
         return list(OUTPUTS)
-    unknown = [k for k in kinds if k not in OUTPUTS]
+    unknown = [k for k in kinds if k not in OUTPUTS and k not in HEAD_OUTPUTS]
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(f"unknown output {', '.join(unknown) or value!r}; "
-                                         f"choose from {', '.join(OUTPUTS)} or all")
-    return kinds
+                                         f"choose from {', '.join(OUTPUTS)}, all, or with --model parts: "
+                                         f"{', '.join(HEAD_GROUPS)}")
+    return [k for kind in kinds for k in HEAD_GROUPS.get(kind, (kind,))]
 
 
 def add_predictor_arguments(parser: argparse.ArgumentParser, *, default_model: str | None = None,

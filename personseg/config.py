@@ -25,6 +25,7 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)  # passed to create_model (e.g. alpha, encoder_weights)
     init: str = ""  # a personseg checkpoint to start from (its weights; e.g. the float model to fine-tune with qat)
     freeze_bn: bool = False  # BatchNorm layers keep their running statistics (for small or correlated batches: clips)
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes that do not train (e.g. [encoder, decoder, head])
 
 
 @dataclass
@@ -86,6 +87,8 @@ class LossConfig:
     boundary_weight: float = 0.0  # initial weight of the boundary loss
     boundary_step: float = 0.01  # added at the end of each epoch once val IoU has plateaued
     boundary_max: float = 1.0
+    parts_weight: float = 0.5  # multi-task models: cross-entropy of the body-part head (samples with part labels)
+    keypoints_weight: float = 0.05  # multi-task models: heatmap squared error per labelled keypoint
 
 
 @dataclass
@@ -244,6 +247,13 @@ def _set(cfg: Any, key: str, value: Any) -> None:
         if value is None and not last.isdigit():  # data.sources.NAME: null drops that source
             del obj[_index(obj, last, done)]
             return
+        if done == ["data", "sources"] and not last.isdigit():  # data.sources.NAME={field: value, ...}
+            if last not in [s.name for s in obj]:
+                obj.append(SourceConfig(name=last))  # a new name adds a source
+            if isinstance(value, dict):  # patches the named source's fields, as a YAML mapping does
+                for field_name, field_value in value.items():
+                    _set(obj[_index(obj, last, done)], field_name, field_value)
+                return
         index = _index(obj, last, done)
         obj[index] = _coerce(value, type(obj[index]), key)
         return

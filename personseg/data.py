@@ -37,11 +37,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from personseg.augment import apply_augment, build_augment, letterbox
+from personseg.augment import apply_augment, build_augment, letterbox, letterbox_window, window_keypoints
 from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from personseg.config import SourceConfig, TrainConfig, data_root
 from personseg.folders import VAL_EVERY, decode_mask, list_images, list_pairs, split_items  # noqa: F401 (re-exported)
+from personseg.keypoints import COCO_KEYPOINTS, FLIP, STRIDE as KP_STRIDE, render_heatmaps
 from personseg.losses import signed_distance_map
+from personseg.parts import IGNORE as IGNORE_PART, ccp_parts
 
 def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB; grayscale files are expanded to three channels."""
@@ -113,13 +115,15 @@ def report_mask_sizes(mask_dir: Path, pairs: list[tuple[Path, Path]]) -> int:
 
 class SegDataset(Dataset):
     """Base class: subclasses list their samples and implement `load(i, seed) -> dict` with uint8
-    arrays image (H, W, 3), mask (H, W) in {0, 1}, optionally valid / labels / alpha (H, W), and name.
-    This class augments (or letterboxes) them to `size` = (W, H) and makes the tensors."""
+    arrays image (H, W, 3), mask (H, W) in {0, 1}, optionally valid / labels / alpha / kp_ignore (H, W),
+    keypoints (P, 17, 3) float (x, y, visibility) and name. This class augments (or letterboxes) them to
+    `size` = (W, H) and makes the tensors. With `heads` (a multi-task model trains) every sample also
+    holds the targets of the part and keypoint heads (`head_targets`), empty where the source has none."""
 
     def __init__(self, source: str, size: tuple[int, int], augment: str = "none", seed: int = 0,
-                 with_sdm: bool = False, orient_val: bool = False):
+                 with_sdm: bool = False, orient_val: bool = False, heads: bool = False):
         self.source, self.size, self.seed, self.with_sdm = source, tuple(size), seed, with_sdm
-        self.augment, self.orient_val = augment, orient_val
+        self.augment, self.orient_val, self.heads = augment, orient_val, heads
         self.pipelines = {}  # tall -> Albumentations pipeline, built on first use
 
     def pipeline(self, tall: bool):
@@ -135,23 +139,60 @@ class SegDataset(Dataset):
         i, seed, tall = (key + (False,))[:3] if isinstance(key, tuple) else (key, self.seed * 1_000_003 + key, False)
         raw = self.load(i, seed)
         mask = raw["mask"]
-        extra = {k: raw[k] for k in ("labels", "alpha") if k in raw}
+        extra = {k: raw[k] for k in ("labels", "alpha", "kp_ignore") if k in raw}
         masks = [raw.get("valid", np.ones_like(mask))] + list(extra.values())
+        people = raw.get("keypoints")
+        xy, flipped = (None if people is None else people[..., :2].reshape(-1, 2)), False
         if self.augment != "none":
-            out = apply_augment(self.pipeline(tall), raw["image"], mask, masks, seed)
+            out = apply_augment(self.pipeline(tall), raw["image"], mask, masks, seed, xy)
             image, mask, masks = out["image"], out["mask"], out["masks"]
+            xy, flipped = out.get("keypoints"), out.get("flipped", False)
         else:
             tall = tall or (self.orient_val and mask.shape[0] > mask.shape[1])
-            image, mask, masks = letterbox(raw["image"], mask, masks, self.size[::-1] if tall else self.size)
+            size = self.size[::-1] if tall else self.size
+            if xy is not None:
+                xy = window_keypoints(xy, letterbox_window(raw["image"].shape[:2], size))
+            image, mask, masks = letterbox(raw["image"], mask, masks, size)
         sample = {"image": normalize(image), "mask": torch.from_numpy(mask[None].astype(np.float32)),
                   "valid": torch.from_numpy(masks[0][None].astype(np.float32))}
-        for k, m in zip(extra, masks[1:]):
-            sample[k] = torch.from_numpy(m.astype(np.int64)) if k == "labels" else \
-                torch.from_numpy(m[None].astype(np.float32) / 255)
+        extra = dict(zip(extra, masks[1:]))
+        if "labels" in extra:
+            sample["labels"] = torch.from_numpy(extra["labels"].astype(np.int64))
+        if "alpha" in extra:
+            sample["alpha"] = torch.from_numpy(extra["alpha"][None].astype(np.float32) / 255)
+        if self.heads:
+            if people is not None:
+                people = np.concatenate([xy.reshape(people.shape[:2] + (2,)), people[..., 2:]], -1)
+                people = people[:, list(FLIP)] if flipped else people  # a mirrored left wrist is a right one
+            sample.update(head_targets(mask, masks[0], extra.get("labels"), people, extra.get("kp_ignore")))
         if self.with_sdm:
             sample["sdm"] = torch.from_numpy(signed_distance_map(mask))[None]
         sample["name"], sample["source"] = raw["name"], self.source
         return sample
+
+
+def head_targets(mask: np.ndarray, valid: np.ndarray, labels: np.ndarray | None, people: np.ndarray | None,
+                 kp_ignore: np.ndarray | None) -> dict[str, torch.Tensor]:
+    """The multi-task heads' targets of one augmented sample:
+    labels (H, W) long part classes, IGNORE_PART where unknown (no part labels, padding);
+    heatmaps (17, h, w) float keypoint Gaussians (personseg.keypoints) and heatmap_weight (1, h, w):
+    where the heatmaps count. A source with keypoints counts everywhere but on its people without
+    keypoint labels and crowds (`kp_ignore`, as OpenPose masks them); a person-free picture counts
+    everywhere (no joint anywhere); any other picture has people with unknown joints and counts nowhere."""
+    h, w = mask.shape
+    parts = np.full((h, w), IGNORE_PART, np.int64) if labels is None else labels.astype(np.int64)
+    parts[valid == 0] = IGNORE_PART
+    hh, hw = -(-h // KP_STRIDE), -(-w // KP_STRIDE)
+    if people is not None:
+        heatmaps = render_heatmaps(people, (h, w))
+        ignore = cv2.resize(cv2.dilate(kp_ignore, np.ones((KP_STRIDE, KP_STRIDE), np.uint8)), (hw, hh),
+                            interpolation=cv2.INTER_NEAREST_EXACT)
+        weight = (1 - ignore).astype(np.float32)
+    else:
+        heatmaps = np.zeros((len(COCO_KEYPOINTS), hh, hw), np.float32)
+        weight = np.full((hh, hw), float(mask.max() == 0), np.float32)
+    return {"labels": torch.from_numpy(parts), "heatmaps": torch.from_numpy(heatmaps),
+            "heatmap_weight": torch.from_numpy(weight)[None]}
 
 
 def normalize(image: np.ndarray) -> torch.Tensor:
@@ -172,9 +213,9 @@ class FolderPairs(SegDataset):
     def __init__(self, root: str | Path, split: str = "train", size: tuple[int, int] = (320, 180),
                  augment: str = "none", limit: int = 0, val_every: int = VAL_EVERY, seed: int = 0,
                  with_sdm: bool = False, source: str | None = None, mask_dir: str = "masks",
-                 orient_val: bool = False):
+                 orient_val: bool = False, heads: bool = False):
         self.root = Path(root)
-        super().__init__(source or self.root.name, size, augment, seed, with_sdm, orient_val)
+        super().__init__(source or self.root.name, size, augment, seed, with_sdm, orient_val, heads)
         pairs, unpaired = list_pairs(self.root, None, val_every, mask_dir)
         if unpaired:
             warnings.warn(f"{self.root}: {len(unpaired)} images have no mask in {mask_dir}/; skipped")
@@ -193,33 +234,20 @@ class FolderPairs(SegDataset):
 
 
 class LabelMaps(SegDataset):
-    """Clothing Co-Parsing style: `root/images/*.jpg` + `root/labels/*.png` (uint8, 59 classes, 0 = null).
-    Person mask = label != 0. With `return_labels=True` the sample also holds `labels` (H, W) long:
-    the raw class ids, or with `part_classes` ({"hair": ["hair"], "skin": ["skin", "face"], ...};
-    names from label_names.txt or ids) 1..K in that order, K + 1 for other person pixels, 0 for null."""
+    """Clothing Co-Parsing style: `root/images/*.jpg` + `root/labels/*.png` (uint8, 59 classes, 0 = null,
+    names in label_names.txt). Person mask = label != 0. With `heads` the sample's `labels` are the
+    six body-part classes (`personseg.parts.ccp_parts`)."""
 
     def __init__(self, root: str | Path, split: str = "train", size: tuple[int, int] = (320, 180),
                  augment: str = "none", limit: int = 0, val_every: int = VAL_EVERY, seed: int = 0,
-                 with_sdm: bool = False, source: str | None = None, return_labels: bool = False,
-                 part_classes: dict[str, list[int | str]] | None = None, orient_val: bool = False):
+                 with_sdm: bool = False, source: str | None = None, orient_val: bool = False, heads: bool = False):
         self.root = Path(root)
-        super().__init__(source or self.root.name, size, augment, seed, with_sdm, orient_val)
-        labels = {p.stem: p for p in list_images(self.root / "labels")}
-        pairs = [(p, labels[p.stem]) for p in list_images(self.root / "images") if p.stem in labels]
-        pairs = split_items(pairs, split, val_every)
+        super().__init__(source or self.root.name, size, augment, seed, with_sdm, orient_val, heads)
+        pairs = list_pairs(self.root, split, val_every, mask_dir="labels")[0]
         self.pairs = pairs[:limit] if limit else pairs
         names_file = self.root / "label_names.txt"
         self.label_names = [line.split(maxsplit=1)[1] for line in names_file.read_text().splitlines()
                             if line.strip()] if names_file.is_file() else []
-        self.return_labels = return_labels or part_classes is not None
-        self.lut = None
-        if part_classes is not None:
-            lut = np.full(256, len(part_classes) + 1, np.uint8)
-            lut[0] = 0
-            for k, members in enumerate(part_classes.values(), start=1):
-                for m in members:
-                    lut[m if isinstance(m, int) else self.label_names.index(m)] = k
-            self.lut = lut
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -228,8 +256,8 @@ class LabelMaps(SegDataset):
         img_path, label_path = self.pairs[i]
         image, labels = read_pair(img_path, label_path)
         raw = {"image": image, "mask": (labels != 0).astype(np.uint8), "name": img_path.stem}
-        if self.return_labels:
-            raw["labels"] = labels if self.lut is None else self.lut[labels]
+        if self.heads:
+            raw["labels"] = ccp_parts(labels, self.label_names)
         return raw
 
 
@@ -241,10 +269,10 @@ class CocoPersons(SegDataset):
     def __init__(self, images_dir: str | Path, annotation_json: str | Path, split: str = "train",
                  size: tuple[int, int] = (320, 180), augment: str = "none", limit: int = 0,
                  val_every: int = VAL_EVERY, seed: int = 0, with_sdm: bool = False, source: str = "coco",
-                 orient_val: bool = False):
+                 orient_val: bool = False, heads: bool = False):
         from pycocotools.coco import COCO  # optional source: import only when used
 
-        super().__init__(source, size, augment, seed, with_sdm, orient_val)
+        super().__init__(source, size, augment, seed, with_sdm, orient_val, heads)
         self.images_dir = Path(images_dir)
         with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
             self.coco = COCO(str(annotation_json))
@@ -261,13 +289,22 @@ class CocoPersons(SegDataset):
         image = read_rgb(self.images_dir / info["file_name"])
         h, w = image.shape[:2]
         mask, crowd = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+        unlabelled, people = np.zeros((h, w), np.uint8), []  # persons without keypoints; (17, 3) keypoints
         for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=info["id"], catIds=self.cat_ids, iscrowd=None)):
             m = self.coco.annToMask(ann)
             if m.shape != (h, w):
                 m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
             (crowd if ann.get("iscrowd", 0) else mask)[m > 0] = 1
+            if ann.get("num_keypoints", 0) > 0 and not ann.get("iscrowd", 0):
+                people.append(np.asarray(ann["keypoints"], np.float32).reshape(-1, 3))
+            else:
+                unlabelled[m > 0] = 1
         valid = 1 - (crowd & (1 - mask))
-        return {"image": image, "mask": mask, "valid": valid, "name": Path(info["file_name"]).stem}
+        raw = {"image": image, "mask": mask, "valid": valid, "name": Path(info["file_name"]).stem}
+        if self.heads:
+            raw["keypoints"] = np.stack(people) if people else np.zeros((0, len(COCO_KEYPOINTS), 3), np.float32)
+            raw["kp_ignore"] = unlabelled | crowd
+        return raw
 
 
 class Composites(SegDataset):
@@ -285,8 +322,9 @@ class Composites(SegDataset):
                  max_people: int = 4, scale_range: tuple[float, float] = (0.15, 0.9), split: str = "train",
                  size: tuple[int, int] = (320, 180), augment: str = "strong", val_every: int = VAL_EVERY,
                  seed: int = 0, with_sdm: bool = False, source: str = "composites", return_alpha: bool = False,
-                 edge_sigma: float = 0.7, orient_val: bool = False, decoys: tuple[int, int] = (0, 0)):
-        super().__init__(source, size, augment, seed, with_sdm, orient_val)
+                 edge_sigma: float = 0.7, orient_val: bool = False, decoys: tuple[int, int] = (0, 0),
+                 heads: bool = False):
+        super().__init__(source, size, augment, seed, with_sdm, orient_val, heads)
         self.foregrounds = split_items(list_images(Path(foregrounds)), split, val_every)
         self.backgrounds = split_items(list_images(Path(backgrounds)), split, val_every)
         self.length, self.min_people, self.max_people = length, min_people, max_people
@@ -367,10 +405,11 @@ class CopyPaste(SegDataset):
     def __init__(self, images_dir: str | Path, annotation_json: str | Path, backgrounds: list[str | Path],
                  length: int = 1000, max_people: int = 3, min_area: int = 2500, split: str = "train",
                  size: tuple[int, int] = (320, 180), augment: str = "mild", val_every: int = VAL_EVERY,
-                 seed: int = 0, with_sdm: bool = False, source: str = "copypaste", orient_val: bool = False):
+                 seed: int = 0, with_sdm: bool = False, source: str = "copypaste", orient_val: bool = False,
+                 heads: bool = False):
         from pycocotools.coco import COCO  # optional source: import only when used
 
-        super().__init__(source, size, augment, seed, with_sdm, orient_val)
+        super().__init__(source, size, augment, seed, with_sdm, orient_val, heads)
         self.images_dir = Path(images_dir)
         with contextlib.redirect_stdout(io.StringIO()):
             self.coco = COCO(str(annotation_json))
@@ -632,22 +671,24 @@ def _composites(src: SourceConfig, root: Path, common: dict) -> SegDataset:
                       **{k: v for k, v in common.items() if k != "limit"})
 
 
-def build_source(src: SourceConfig, cfg: TrainConfig, split: str) -> SegDataset:
-    """One configured source for `split`; validation is never augmented."""
+def build_source(src: SourceConfig, cfg: TrainConfig, split: str, heads: bool = False) -> SegDataset:
+    """One configured source for `split`; validation is never augmented. `heads`: samples carry the
+    multi-task heads' targets (a multi-task model trains)."""
     if src.kind not in SOURCES:
         raise ValueError(f"source {src.name}: unknown kind {src.kind!r}; choose one of {', '.join(SOURCES)}")
     common = dict(split=split, size=cfg.data.input_size, augment=src.augment if split == "train" else "none",
                   limit=src.limit if split == "train" else (cfg.data.val_limit or src.limit),
-                  val_every=cfg.data.val_every, seed=cfg.seed, source=src.name, orient_val=cfg.data.tall_share > 0)
+                  val_every=cfg.data.val_every, seed=cfg.seed, source=src.name, orient_val=cfg.data.tall_share > 0,
+                  heads=heads)
     return SOURCES[src.kind](src, data_root(cfg), common)
 
 
-def build_train_dataset(cfg: TrainConfig) -> MixedDataset | SyntheticClips:
+def build_train_dataset(cfg: TrainConfig, heads: bool = False) -> MixedDataset | SyntheticClips:
     """The training mix of every source with weight > 0; moving clips of it when `data.clip_length` > 0."""
     sources = [s for s in cfg.data.sources if s.weight > 0]
     if not sources:
         raise ValueError("data.sources: no source with weight > 0 to train on")
-    datasets = [build_source(s, cfg, "train") for s in sources]
+    datasets = [build_source(s, cfg, "train", heads) for s in sources]
     for src, dataset in zip(sources, datasets):
         if len(dataset) == 0:
             raise ValueError(f"data source {src.name} ({data_root(cfg) / src.path}): no usable training samples; "
@@ -666,9 +707,9 @@ def build_train_sampler(dataset: MixedDataset | SyntheticClips, cfg: TrainConfig
                       cfg.optim.batch_size, cfg.data.tall_share)
 
 
-def build_val_datasets(cfg: TrainConfig) -> dict[str, SegDataset]:
+def build_val_datasets(cfg: TrainConfig, heads: bool = False) -> dict[str, SegDataset]:
     """One validation dataset per source (weight 0 sources included), by source name."""
-    return {s.name: build_source(s, cfg, "val") for s in cfg.data.sources}
+    return {s.name: build_source(s, cfg, "val", heads) for s in cfg.data.sources}
 
 
 def write_composite_folder(data_root: str | Path, out: str | Path, count: int = 120, seed: int = 1234,

@@ -511,11 +511,9 @@ def run(args: argparse.Namespace) -> int:
             return usage_error(str(e))
     try:
         predictor = personseg.load(args.checkpoint, device=args.device, refine=not args.no_refine, tta=args.tta,
-                                   keep=args.keep)
+                                   keep=args.keep, threshold=args.threshold)
     except (OSError, ValueError) as e:
         return usage_error(f"cannot load the model: {e}")
-    if args.threshold is not None:
-        predictor.threshold = args.threshold  # --keep largest picks its region at the same threshold
     result = evaluate_folders(predictor, args.data, args.split, args.limit or None, worst=args.worst,
                               progress=True, val_every=args.val_every)
     if not result["per_image"] and not result["errors"]:

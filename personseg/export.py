@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from personseg.cli import positive_int
+from personseg.models import is_recurrent
+from personseg.predict import InputSpec
 from personseg.tempfiles import atomic_write
 
 DEFAULT_OPSET = 18
@@ -85,11 +87,6 @@ def onnx_metadata(info: dict, model: nn.Module | None = None) -> dict[str, str]:
         props["state"] = json.dumps([[c, probe // h] for _, c, h, _ in shapes])
         props["pad_multiple"] = str(model.stride)
     return props
-
-
-def is_recurrent(model: nn.Module | None) -> bool:
-    """Recurrent models take and return explicit state: `model(x, state) -> (logits, state)`."""
-    return hasattr(model, "state_shapes")
 
 
 def heads_of(model: nn.Module | None) -> tuple[str, ...]:
@@ -237,16 +234,13 @@ def calibration_images(data_dir: str | Path, count: int = 64) -> list[Path]:
     return [paths[i] for i in dict.fromkeys(picks)]
 
 
-def calibration_inputs(paths: Iterable[Path], input_size, mean, std) -> Iterator[np.ndarray]:
-    """(1, 3, h, w) float32 model inputs, preprocessed as `Predictor` does (own aspect, `input_size` area)."""
+def calibration_inputs(paths: Iterable[Path], spec) -> Iterator[np.ndarray]:
+    """(1, 3, h, w) float32 model inputs, preprocessed as `Predictor` does: `spec` is the model's
+    `personseg.predict.InputSpec` (`InputSpec.from_info(info)`)."""
     from personseg.imageio import read_image
-    from personseg.predict import model_size, preprocess
 
-    mean255, std255 = np.asarray(mean, np.float32) * 255, np.asarray(std, np.float32) * 255
     for path in paths:
-        rgb = read_image(path)
-        size = model_size(*rgb.shape[:2], input_size)
-        yield preprocess([rgb], size, mean255, std255)
+        yield spec.preprocess([read_image(path)])
 
 
 class _Reader:
@@ -405,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
     if args.int8:
         try:
             paths = calibration_images(args.calib, args.calib_count)
-            inputs = list(calibration_inputs(paths, info["input_size"], info["mean"], info["std"]))
+            inputs = list(calibration_inputs(paths, InputSpec.from_info(info)))
         except (OSError, ValueError) as e:
             return fail(f"calibration data: {e}")
         out8 = int8_path_for(args.out)

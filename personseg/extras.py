@@ -5,7 +5,7 @@ TRAIN_EXTRA = 'pip install "personseg[train]"'
 
 # top-level packages of the train extra (pyproject.toml); a command importing one that is missing names the extra
 TRAIN_PACKAGES = {"torch", "torchvision", "albumentations", "tensorboard", "pycocotools", "yaml", "skimage",
-                  "onnx", "onnxscript", "scipy"}
+                  "onnx", "onnxscript", "scipy", "matplotlib"}
 
 
 class MissingExtraError(ImportError):

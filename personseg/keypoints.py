@@ -89,13 +89,12 @@ def person_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
 
 
-def group(heatmaps: np.ndarray, person: np.ndarray, out_size: tuple[int, int], stride: int = STRIDE) -> list[dict]:
-    """One skeleton per person region: `heatmaps` (17, h, w) of an input of (h * stride, w * stride)
-    pixels, `person` an (H, W) bool mask of the output picture of `out_size` (H, W). Returns
-    [{"keypoints": (17, 3) x, y, score in output pixels, "box": (x0, y0, x1, y1), "score": mean}], largest first."""
+def group(heatmaps: np.ndarray, person: np.ndarray, input_size: tuple[int, int], stride: int = STRIDE) -> list[dict]:
+    """One skeleton per person region: `heatmaps` (17, h, w) of a model input of `input_size` (H, W),
+    `person` the (H, W) bool mask of the picture (any size: its pixels are the output's). Returns
+    [{"keypoints": (17, 3) x, y, score in picture pixels, "box": (x0, y0, x1, y1), "score": mean}], largest first."""
     h, w = heatmaps.shape[1:]
-    in_h, in_w = h * stride, w * stride
-    scale = (out_size[1] / in_w, out_size[0] / in_h)
+    scale = (person.shape[1] / input_size[1], person.shape[0] / input_size[0])
     small = cv2.resize(person.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     people = []
     for box in person_boxes(person):

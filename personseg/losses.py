@@ -192,3 +192,27 @@ class SegLoss(nn.Module):
             total = total + self.boundary_weight * parts["boundary"]
         parts["total"] = total
         return total, {name: value.detach() for name, value in parts.items()}
+
+
+class HeadsLoss(nn.Module):
+    """The multi-task heads' losses, each only where its labels exist (personseg.data.head_targets):
+
+    parts: cross-entropy of the part logits over pixels with a part label (IGNORE elsewhere), averaged
+    over those pixels: a batch without part labels gives exactly 0 and no gradient to the part head.
+    keypoints: squared error of the heatmaps where `heatmap_weight` is 1, summed over pixels and
+    divided by the labelled keypoints in the batch (at least 1), as bottom-up pose models weigh theirs.
+    """
+
+    def __init__(self, parts_weight: float = 0.5, keypoints_weight: float = 0.05, ignore_index: int = 255):
+        super().__init__()
+        self.parts_weight, self.keypoints_weight, self.ignore_index = parts_weight, keypoints_weight, ignore_index
+
+    def forward(self, part_logits: Tensor, heatmaps: Tensor, labels: Tensor, target_heatmaps: Tensor,
+                heatmap_weight: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        labelled = labels != self.ignore_index
+        ce = F.cross_entropy(part_logits, labels.clamp_max(part_logits.shape[1] - 1), reduction="none")
+        parts = (ce * labelled).sum() / labelled.sum().clamp_min(1)
+        keypoints_count = (target_heatmaps.flatten(2).amax(-1) > 0.5).sum().clamp_min(1)
+        keypoints = (heatmap_weight * (heatmaps - target_heatmaps) ** 2).sum() / keypoints_count
+        total = self.parts_weight * parts + self.keypoints_weight * keypoints
+        return total, {"parts": parts.detach(), "keypoints": keypoints.detach()}

@@ -112,7 +112,9 @@ class OnnxModel:
             state = self.initial_state(x.shape[0], *x.shape[2:]) if state is None else state
             feeds.update({name: np.ascontiguousarray(s, np.float32) for name, s in zip(self.input_names[1:], state)})
         outputs = self.session.run(self.output_names, feeds)
-        return (outputs[0], outputs[1:]) if self.recurrent else outputs[0]
+        if self.recurrent:
+            return outputs[0], outputs[1:]
+        return tuple(outputs) if len(outputs) > 1 else outputs[0]  # multi-task: logits, parts, heatmaps
 
     def _call_torch(self, x, state):
         import torch
@@ -125,7 +127,9 @@ class OnnxModel:
 
         out = self(to_numpy(x), None if state is None else [to_numpy(s) for s in state])
         back = lambda a: torch.from_numpy(np.asarray(a)).to(x.device)  # noqa: E731
-        return (back(out[0]), [back(s) for s in out[1]]) if self.recurrent else back(out)
+        if self.recurrent:
+            return back(out[0]), [back(s) for s in out[1]]
+        return tuple(back(o) for o in out) if isinstance(out, tuple) else back(out)
 
     def initial_state(self, batch: int, height: int, width: int) -> list[np.ndarray]:
         """Zeros for a recurrent model's first frame: its state lives on the input padded to `pad_multiple`."""

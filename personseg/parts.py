@@ -33,6 +33,7 @@ ACCESSORIES = ("accessories", "bag", "belt", "bracelet", "earrings", "glasses", 
 UPPER_BODY = ("blazer", "blouse", "bodysuit", "bra", "cape", "cardigan", "coat", "dress", "hoodie", "jacket",
               "jumper", "romper", "shirt", "suit", "sweater", "sweatshirt", "swimwear", "t-shirt", "top", "vest")
 HAIR, FACE_SKIN, BODY_SKIN, CLOTHES_ID, ACCESSORIES_ID = 1, 2, 3, 4, 5
+IGNORE = 255  # a part-label value that counts in no loss (no part labels there, padding)
 
 
 def ccp_lookup(label_names: list[str]) -> np.ndarray:

@@ -144,7 +144,10 @@ class TorchRunner:
             if self.recurrent:  # explicit state in and out
                 logits, state = self.model(t, state)
                 return logits.float().cpu().numpy(), state
-            return self.model(t).float().cpu().numpy()
+            out = self.model(t)
+            if isinstance(out, tuple):  # multi-task: logits, parts, heatmaps
+                return tuple(o.float().cpu().numpy() for o in out)
+            return out.float().cpu().numpy()
 
 
 def _is_torch_module(model) -> bool:
@@ -249,6 +252,42 @@ class Predictor:
                     results[i] = self._finish(images[i], prob)
         return results
 
+    @property
+    def has_heads(self) -> bool:
+        """Whether the model has the part and keypoint heads (multitask_unet_mobilenet_v2, `parts`)."""
+        if isinstance(self.run, TorchRunner):
+            return len(getattr(self.model, "outputs", ())) > 1
+        return len(getattr(self.run, "output_names", ())) > 1 and not self.recurrent
+
+    def predict_all(self, rgb: np.ndarray) -> dict:
+        """{"alpha": (H, W) float32, "parts": (H, W) uint8 part classes (personseg.parts.PART_NAMES),
+        "people": [{"keypoints": (17, 3) x, y, score, "box", "score"}]} for a multi-task model.
+        Parts: the part head's best class where the alpha is at least the threshold (the best person
+        class there, never background), background elsewhere, so parts and mask agree. People: one
+        skeleton per connected person region of the mask (personseg.keypoints.group). `tta` applies
+        to the alpha only."""
+        from personseg import keypoints
+
+        if not self.has_heads:
+            raise ValueError("predict_all needs a model with part and keypoint heads: the shipped `parts` "
+                             "model, or a multitask_unet_mobilenet_v2 checkpoint")
+        _check_images([rgb])
+        size = self.spec.model_size(*rgb.shape[:2])
+        prob, heads = self._forward([rgb], size)
+        alpha = self._finish(rgb, prob[0])
+        part_logits, heatmaps = (np.asarray(h, np.float32)[0] for h in heads)
+        person = alpha >= self.threshold
+        return {"alpha": alpha, "parts": _part_map(part_logits, person),
+                "people": keypoints.group(heatmaps, person, size)}
+
+    def predict_parts(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 body-part classes (`predict_all`)."""
+        return self.predict_all(rgb)["parts"]
+
+    def predict_landmarks(self, rgb: np.ndarray) -> list[dict]:
+        """One COCO-17 skeleton per person region (`predict_all`)."""
+        return self.predict_all(rgb)["people"]
+
     def step(self, rgb: np.ndarray, state: StepState | None = None) -> tuple[np.ndarray, StepState]:
         """One video frame through a recurrent model: (its alpha, the state for the next frame). `state`
         is what the previous frame's call returned; None (the first frame), or a frame of another size,
@@ -263,20 +302,23 @@ class Predictor:
         return self._finish(rgb, probs[0]), StepState(size, tensors)
 
     def _forward(self, images: list[np.ndarray], size: tuple[int, int], state=None) -> tuple[np.ndarray, list | None]:
-        """Low-resolution probabilities (N, h, w) float32, and a recurrent model's new state (else None).
+        """Low-resolution probabilities (N, h, w) float32, and a recurrent model's new state or a
+        multi-task model's other heads (part logits, heatmaps; of the plain images), else None.
         With `tta` the mirror images run in the same batch (and, recurrent, carry their own state)."""
-        x = self.spec.preprocess(images, size)
+        x, heads = self.spec.preprocess(images, size), None
         if self.tta:
             x = np.concatenate([x, x[..., ::-1]])
         if self.recurrent:
             logits, state = self.run(x, state)
         else:
             logits = self.run(x)
+            if isinstance(logits, tuple):  # a multi-task model: the person head, then the others
+                logits, *heads = logits
         prob = sigmoid(np.asarray(logits, np.float32)[:, 0])
         if self.tta:
             plain, mirrored = np.split(prob, 2)
             prob = (plain + mirrored[..., ::-1]) * np.float32(0.5)
-        return prob, state
+        return prob, state if self.recurrent else heads
 
     def _finish(self, rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """A low-resolution probability -> the alpha of `rgb`: upsampled, then `keep` applied."""
@@ -292,6 +334,15 @@ class Predictor:
             from personseg.guided_filter import refine_alpha
             return refine_alpha(rgb, prob)
         return np.clip(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)
+
+
+def _part_map(part_logits: np.ndarray, person: np.ndarray) -> np.ndarray:
+    """(6, h, w) part logits and an (H, W) person mask -> (H, W) uint8 classes: the best of classes 1..5
+    inside the mask, 0 outside."""
+    h, w = person.shape
+    up = cv2.resize(np.ascontiguousarray(part_logits[1:].transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR)
+    best = (np.argmax(up.reshape(h, w, -1), axis=-1) + 1).astype(np.uint8)
+    return np.where(person, best, 0).astype(np.uint8)
 
 
 def _or(value, default):

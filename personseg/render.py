@@ -5,6 +5,7 @@ Every function takes `rgb` (H, W, 3) uint8 and/or `alpha` (H, W) float in [0, 1]
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -179,3 +180,49 @@ def output(kind: str, rgb: np.ndarray, alpha: np.ndarray, threshold: float, back
     if kind not in OUTPUTS:
         raise ValueError(f"output {kind!r}: choose one of {', '.join(OUTPUTS)}")
     return OUTPUTS[kind].render(rgb, alpha, threshold, background)
+
+
+class HeadOutput(NamedTuple):
+    """An output of a multi-task model's heads (`--model parts`): `render(rgb, prediction)` with the
+    prediction of `Predictor.predict_all`, returning a picture, or text for .json files."""
+    render: Callable[[np.ndarray, dict], np.ndarray | str]
+    suffix: str
+    about: str
+
+
+def _landmarks_json(people: list[dict]) -> str:
+    from personseg.keypoints import COCO_KEYPOINTS, to_coco
+
+    return json.dumps({"keypoints": list(COCO_KEYPOINTS), "people": to_coco(people)}, indent=1) + "\n"
+
+
+# `segment --save parts` writes parts and parts_color; `--save landmarks` writes landmarks and skeleton.
+HEAD_OUTPUTS: dict[str, HeadOutput] = {
+    "parts": HeadOutput(lambda rgb, p: p["parts"], "_parts.png",
+                        "body-part classes, one byte a pixel: 0 background, 1 hair, 2 face-skin, 3 body-skin, "
+                        "4 clothes, 5 accessories"),
+    "parts_color": HeadOutput(lambda rgb, p: parts_picture(p["parts"]), "_parts_color.png",
+                              "the part map in colour (legend: personseg segment --help)"),
+    "landmarks": HeadOutput(lambda rgb, p: _landmarks_json(p["people"]), "_landmarks.json",
+                            "17 COCO keypoints per person: [x, y, v] * 17 in pixels, v = 2 seen, 0 not found"),
+    "skeleton": HeadOutput(lambda rgb, p: draw_people(rgb, p["people"]), "_skeleton.jpg",
+                           "the picture with each person's skeleton drawn"),
+}
+HEAD_GROUPS = {"parts": ("parts", "parts_color"), "landmarks": ("landmarks", "skeleton")}
+
+
+def parts_picture(parts: np.ndarray) -> np.ndarray:
+    from personseg.parts import colorize
+
+    return colorize(parts)
+
+
+def draw_people(rgb: np.ndarray, people: list[dict]) -> np.ndarray:
+    from personseg.keypoints import draw_skeleton
+
+    return draw_skeleton(rgb, people)
+
+
+def suffix_of(kind: str) -> str:
+    """The file suffix of an output kind of OUTPUTS or HEAD_OUTPUTS."""
+    return (OUTPUTS.get(kind) or HEAD_OUTPUTS[kind]).suffix

@@ -12,7 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 from personseg.cli import add_predictor_arguments, load_predictor, positive_int, save_kinds
-from personseg.render import OUTPUTS
+from personseg.parts import legend
+from personseg.render import HEAD_OUTPUTS, OUTPUTS, suffix_of
 from personseg.tempfiles import atomic_write
 
 DEFAULT_SAVE = ["mask", "cutout"]
@@ -20,6 +21,10 @@ DEFAULT_SAVE = ["mask", "cutout"]
 EPILOG = """\
 outputs (in OUTDIR, for an input photo.jpg):
 """ + "".join(f"  {'photo' + o.suffix:22}{o.about}\n" for o in OUTPUTS.values()) + """
+with --model parts (a model with body-part and landmark heads), --save parts and --save landmarks:
+""" + "".join(f"  {'photo' + o.suffix:22}{o.about}\n" for o in HEAD_OUTPUTS.values()) + """
+part classes and their colours in photo_parts_color.png:
+""" + "".join(f"  {line}\n" for line in legend().splitlines()) + """
 Every output has the size of the photo as displayed (after EXIF rotation). When inputs from
 different folders share a name (a/1.jpg, b/1.jpg), OUTDIR mirrors their folders (OUTDIR/a/1_mask.png,
 OUTDIR/b/1_mask.png). Existing outputs are kept unless --overwrite; inputs are never modified.
@@ -34,6 +39,7 @@ examples:
   personseg segment product_shots/ -o out --keep largest      (the main person only, no bystanders)
   personseg segment "shots/*.png" -o out --save background --background "#00b140"
   personseg segment photos/ -o out --save all --model runs/exp1/best.pt --device cuda --batch-size 16
+  personseg segment photo.jpg -o out --model parts --save mask,parts,landmarks
 """
 
 
@@ -48,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                         help="folder for the outputs (created if missing)")
     parser.add_argument("--save", type=save_kinds, action="append", metavar="KINDS",
-                        help=f"what to write: {', '.join(OUTPUTS)} or all; comma-separated or repeated "
-                             f"(default: {','.join(DEFAULT_SAVE)})")
+                        help=f"what to write: {', '.join(OUTPUTS)} or all; with --model parts also parts "
+                             f"and landmarks; comma-separated or repeated (default: {','.join(DEFAULT_SAVE)})")
     parser.add_argument("--background", default="blur", metavar="BG",
                         help="background for --save background: blur (the photo's own background, blurred), "
                              "a colour (white, black, green, blue, red, gray, #RRGGBB or R,G,B) "
@@ -124,7 +130,7 @@ def _subfolder_hint(recursive: bool) -> str:
 
 def output_plan(inputs: list[Path], outdir: Path, kinds: list[str]) -> dict[Path, dict[str, Path]]:
     """Input -> {kind: output path}: OUTDIR / the input's `output_bases` name + the kind's suffix."""
-    return {p: {k: outdir / base.with_name(base.name + OUTPUTS[k].suffix) for k in kinds}
+    return {p: {k: outdir / base.with_name(base.name + suffix_of(k)) for k in kinds}
             for p, base in output_bases(inputs).items()}
 
 
@@ -173,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
             predictor = load_predictor(args)  # --threshold: --keep largest picks its region at it too
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot load the model: {e}") from None
+        heads = [k for k in kinds if k in HEAD_OUTPUTS]
+        if heads and not predictor.has_heads:
+            raise UsageError(f"--save {','.join(heads)}: {args.model or 'the default model'} has no part or "
+                             "landmark heads; use --model parts")
     except UsageError as e:
         print(f"personseg segment: {e}", file=sys.stderr)
         return 2
@@ -213,11 +223,16 @@ class _Segmentation:
         self.failures: list[tuple[Path, str]] = []
 
     def run(self, inputs: list[Path], batch_size: int) -> None:
+        heads = any(k in HEAD_OUTPUTS for kinds in self.plan.values() for k in kinds)
         for start in range(0, len(inputs), batch_size):
             batch = [(path, rgb) for path in inputs[start:start + batch_size] if (rgb := self._read(path)) is not None]
-            alphas = self.predictor.predict_batch([rgb for _, rgb in batch], batch_size=batch_size)
-            for (path, rgb), alpha in zip(batch, alphas):
-                if self._write(path, rgb, alpha):
+            if heads:  # parts and landmarks: one picture at a time through every head
+                predictions = [self.predictor.predict_all(rgb) for _, rgb in batch]
+            else:
+                predictions = [{"alpha": a} for a in self.predictor.predict_batch([rgb for _, rgb in batch],
+                                                                                  batch_size=batch_size)]
+            for (path, rgb), prediction in zip(batch, predictions):
+                if self._write(path, rgb, prediction):
                     self.bar.update()
 
     def fail(self, path: Path, reason: str) -> None:
@@ -244,7 +259,7 @@ class _Segmentation:
                 self.fail(path, e.reason)
         return None
 
-    def _write(self, path: Path, rgb, alpha) -> bool:
+    def _write(self, path: Path, rgb, prediction: dict) -> bool:
         """Write every output of `path` atomically; False (reported) if one cannot be written."""
         from personseg import imageio, render
 
@@ -252,8 +267,15 @@ class _Segmentation:
         try:
             for kind, out in self.plan[path].items():
                 existed = out.exists()
-                picture = render.output(kind, rgb, alpha, self.predictor.threshold, self.background)
-                imageio.write_image_atomic(out, picture, overwrite=self.overwrite)
+                if kind in HEAD_OUTPUTS:
+                    picture = HEAD_OUTPUTS[kind].render(rgb, prediction)
+                else:
+                    picture = render.output(kind, rgb, prediction["alpha"], self.predictor.threshold, self.background)
+                if isinstance(picture, str):  # landmarks: JSON
+                    with atomic_write(out, overwrite=self.overwrite) as temp, open(temp, "x", encoding="utf-8") as f:
+                        f.write(picture)
+                else:
+                    imageio.write_image_atomic(out, picture, overwrite=self.overwrite)
                 if not existed:
                     created.append(out)
         except (OSError, ValueError) as e:

@@ -43,10 +43,10 @@ from personseg.checkpoint import (IMAGENET_MEAN, IMAGENET_STD, CheckpointError, 
                                   save_checkpoint)
 from personseg.config import TrainConfig, load_config, to_dict
 from personseg.data import build_train_dataset, build_train_sampler, build_val_datasets
-from personseg.losses import SegLoss
+from personseg.losses import HeadsLoss, SegLoss
 from personseg.metrics import BinaryMetrics
-from personseg.models import create_model
-from personseg.models.recurrent import ClipRunner, RecurrentUNetMobileNet
+from personseg.models import create_model, is_recurrent
+from personseg.models.recurrent import ClipRunner
 from personseg.qat import QATModel
 
 
@@ -204,6 +204,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     criterion: SegLoss
+    heads_loss: HeadsLoss | None  # multi-task models (parts and keypoint heads); None for mask-only ones
     schedule: Schedule
     writer: object | None  # TensorBoard's SummaryWriter, on rank 0 with `tensorboard: true`
 
@@ -211,8 +212,9 @@ class Run:
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
     """Train per `cfg`, writing into `out_dir`; returns {"model": unwrapped model, "metrics": last evaluation}."""
     rt, out = setup_distributed(cfg), Path(out_dir)
-    loaders = build_loaders(cfg, rt)
     model = build_model(cfg, rt)
+    heads = len(getattr(model, "outputs", ())) > 1  # a multi-task model: its samples carry the heads' targets
+    loaders = build_loaders(cfg, rt, heads)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
@@ -220,10 +222,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
     seed_everything(cfg.seed + rt.rank)
     if resume:
         state = load_training_state(out / "last.pt", model, optimizer, scaler, rt.rank, rt.master)
-    net = ClipRunner(model, rt.memory_format) if isinstance(model, RecurrentUNetMobileNet) else model
+    net = ClipRunner(model, rt.memory_format) if is_recurrent(model) else model
     ddp = DDP(net, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if rt.world > 1 else net
     run = Run(cfg, rt, out, loaders, model, net, ddp, optimizer, scaler,
               criterion=SegLoss(cfg.loss.bce_weight, cfg.loss.region_weight, cfg.loss.region),
+              heads_loss=HeadsLoss(cfg.loss.parts_weight, cfg.loss.keypoints_weight) if heads else None,
               schedule=Schedule(cfg, cfg.max_steps or cfg.epochs * loaders.steps_per_epoch),
               writer=open_run_folder(cfg, out, state.step) if rt.master else None)
     metrics = fit(run, state)
@@ -286,9 +289,10 @@ def setup_distributed(cfg: TrainConfig) -> Runtime:
     return Runtime(rank, local_rank, world, device, resolve_amp(cfg.amp, device), memory_format)
 
 
-def build_loaders(cfg: TrainConfig, rt: Runtime) -> Loaders:
-    """Every rank draws the same training mix and keeps its share; validation shards are disjoint."""
-    train_set = build_train_dataset(cfg)
+def build_loaders(cfg: TrainConfig, rt: Runtime, heads: bool = False) -> Loaders:
+    """Every rank draws the same training mix and keeps its share; validation shards are disjoint.
+    `heads`: samples carry the multi-task heads' targets."""
+    train_set = build_train_dataset(cfg, heads)
     sampler = build_train_sampler(train_set, cfg, rt.rank, rt.world)
     batch, accum = cfg.optim.batch_size, cfg.optim.grad_accum
     common = dict(num_workers=cfg.data.num_workers, pin_memory=rt.device.type == "cuda")
@@ -297,7 +301,7 @@ def build_loaders(cfg: TrainConfig, rt: Runtime) -> Loaders:
     val_batch = 1 if cfg.data.tall_share > 0 else batch  # per-picture orientation: batches of one
     val = {name: DataLoader(ds, val_batch, sampler=range(rt.rank, len(ds), rt.world), **common,
                             persistent_workers=cfg.data.num_workers > 0)
-           for name, ds in build_val_datasets(cfg).items()}
+           for name, ds in build_val_datasets(cfg, heads).items()}
     steps_per_epoch = sampler.per_rank // batch // accum
     if steps_per_epoch == 0:
         raise ValueError(f"an epoch of {sampler.per_rank} samples per rank is less than one optimizer step "
@@ -311,6 +315,10 @@ def build_model(cfg: TrainConfig, rt: Runtime) -> torch.nn.Module:
     model = create_model(cfg.model.name, **cfg.model.kwargs)
     if cfg.model.init:
         load_init(model, cfg.model.init, rt.master)
+    frozen = [p for name, p in model.named_parameters() if name.startswith(tuple(cfg.model.freeze))] \
+        if cfg.model.freeze else []
+    for p in frozen:  # e.g. a multi-task model's trunk, so its person mask stays the model it started from
+        p.requires_grad_(False)
     if cfg.qat:  # fake int8; its state_dict stays the float model's, so checkpoints and --resume are unchanged
         model = QATModel(model)
     return model.to(rt.device, memory_format=rt.memory_format)
@@ -347,12 +355,15 @@ def train_step(run: Run, batches: Iterator[dict], lr: float) -> dict[str, torch.
     train_mode(model, cfg.model.freeze_bn)
     parts_sum: dict[str, torch.Tensor] = {}
     for micro in range(accum):
-        x, target, valid, sdm = to_device(next(batches), run.rt)
+        batch = next(batches)
+        x, target, valid, sdm = to_device(batch, run.rt)
         sync = micro == accum - 1 or run.rt.world == 1  # all-reduce gradients on the last micro-step only
         with nullcontext() if sync else model.no_sync():
             with run.rt.autocast():
-                logits = model(x)
-            loss, parts = run.criterion(logits.float(), target, valid, sdm)
+                output = model(x)
+            loss, parts = run.criterion(output[0].float() if run.heads_loss else output.float(), target, valid, sdm)
+            if run.heads_loss:
+                loss, parts = heads_step(run, output, batch, loss, parts)
             scaler.scale(loss / accum).backward()
         for k, v in parts.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + v.double() / accum
@@ -363,6 +374,15 @@ def train_step(run: Run, batches: Iterator[dict], lr: float) -> dict[str, torch.
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return parts_sum
+
+
+def heads_step(run: Run, output: tuple, batch: dict, loss: torch.Tensor, parts: dict) -> tuple[torch.Tensor, dict]:
+    """Add the multi-task heads' losses (parts, keypoints) to the mask loss and its logged terms."""
+    device = run.rt.device
+    extra, extra_parts = run.heads_loss(output[1].float(), output[2].float(), batch["labels"].to(device),
+                                        batch["heatmaps"].to(device), batch["heatmap_weight"].to(device))
+    total = loss + extra
+    return total, {**{k: v for k, v in parts.items() if k != "total"}, **extra_parts, "total": total.detach()}
 
 
 def to_device(b: dict, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -432,6 +452,7 @@ def evaluate(model: torch.nn.Module, loaders: dict[str, DataLoader], device: tor
         for b in loader:
             with autocast():
                 logits = model(b["image"].to(device, memory_format=memory_format))
+            logits = logits[0] if isinstance(logits, tuple) else logits  # multi-task: the person head
             metrics.update(torch.sigmoid(logits.float()), b["mask"].to(device), b["valid"].to(device) > 0)
         metrics.reduce_()
         results[name] = metrics.compute()
@@ -526,27 +547,34 @@ def _logged_step(path: Path, line: str) -> float:
 def train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
     """model.train(); with `freeze_bn` its BatchNorm layers stay in eval mode: they normalize with the
     running statistics they came with and do not update them (their scale and shift still learn). For
-    fine-tuning on batches too small or too alike (the frames of a few clips) for batch statistics."""
+    fine-tuning on batches too small or too alike (the frames of a few clips) for batch statistics.
+    The BatchNorm layers of frozen parts (`model.freeze`) always stay in eval mode."""
     model.train()
-    if freeze_bn:
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            frozen = not any(p.requires_grad for p in module.parameters())  # under model.freeze
+            if freeze_bn or frozen:
                 module.eval()
 
 
+FRESH_PARTS = ("decoder.grus.", "heads.")  # what model.init may leave fresh
+
+
 def load_init(model: torch.nn.Module, path: str, master: bool) -> None:
-    """Start from a checkpoint's weights. A recurrent model may start from its stateless twin: only
-    its ConvGRU cells (decoder.grus.*) are then missing, and they keep their fresh initialisation."""
+    """Start from a checkpoint's weights. A recurrent model may start from its stateless twin, a
+    multi-task model from the UNet it extends: only the ConvGRU cells (decoder.grus.*) or the part and
+    keypoint heads are then missing, and they keep their fresh initialisation."""
     state = load_checkpoint(path)[0].state_dict()
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a size mismatch
         raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: {str(e).splitlines()[-1]}") from e
-    if unexpected or any(not k.startswith("decoder.grus.") for k in missing):
+    if unexpected or any(not k.startswith(FRESH_PARTS) for k in missing):
         raise CheckpointError(f"{path}: weights do not fit {type(model).__name__} (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}); model.init needs a checkpoint of the same model")
     if missing and master:
-        tqdm.write(f"model.init {path}: {len(missing)} tensors of the recurrent cells start fresh")
+        tqdm.write(f"model.init {path}: {len(missing)} tensors ({', '.join(sorted({k.split('.')[0] for k in missing}))}) "
+                   "start fresh")
 
 
 def out_of_time(seconds: float, budget_minutes: float, rt: Runtime) -> bool:

@@ -40,7 +40,7 @@ from personseg.evaluate import evaluate_folders  # noqa: E402
 from personseg.export import (calibration_images, calibration_inputs, export_onnx, quantize_int8,  # noqa: E402
                               set_metadata)
 from personseg.imageio import list_inputs, read_image  # noqa: E402
-from personseg.predict import WEIGHTS_DIR, Predictor, file_sha256  # noqa: E402
+from personseg.predict import WEIGHTS_DIR, InputSpec, Predictor, file_sha256  # noqa: E402
 
 FOLDERS = ("portraits", "ccp", "hsd", "coco", "pennfudan", "negatives")
 # Mean IoU gain for which mirror TTA (twice the network's time) is on by default. `fast` is the real-time
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         ship, precision, int8_note = fp32, "fp32", "not tried (--no-int8)"
         if not args.no_int8:
             paths = calibration_images(data, args.calib_count)
-            inputs = list(calibration_inputs(paths, info["input_size"], info["mean"], info["std"]))
+            inputs = list(calibration_inputs(paths, InputSpec.from_info(info)))
             int8 = tmp / "int8.onnx"
             quantize_int8(fp32, int8, inputs, calibration=f"{len(inputs)} training images of {data.name}")
             int8_scores = score(Predictor.from_onnx(int8, tta=tta), folders, args.limit)

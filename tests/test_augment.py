@@ -139,3 +139,31 @@ def test_augmentation_is_cheap():
         apply_augment(pipeline, image, mask, [valid], seed)
     per_image = (time.perf_counter() - start) / 20
     assert per_image < 0.03, f"{per_image * 1000:.1f} ms per image"  # ~2-5 ms on an idle core
+
+
+def test_keypoints_move_with_the_picture_and_a_mirror_is_reported():
+    """Keypoints through PersonCrop, flip and rotation land where a dot drawn at them lands."""
+    import cv2
+    from personseg.augment import apply_augment, build_augment
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    person = np.zeros((240, 320), np.uint8)
+    person[40:200, 100:220] = 1
+    points = np.array([[120.0, 60.0], [200.0, 180.0], [160.0, 100.0]])
+    pipeline = build_augment("strong", (160, 96))
+    flips = set()
+    for seed in range(12):
+        dots = []
+        for x, y in points:
+            dot = np.zeros_like(person)
+            cv2.circle(dot, (int(x), int(y)), 4, 1, -1)
+            dots.append(dot)
+        out = apply_augment(pipeline, image, person, dots, seed, keypoints=points)
+        flips.add(out["flipped"])
+        for (x, y), dot in zip(out["keypoints"], out["masks"]):
+            ys, xs = np.nonzero(dot)
+            if len(xs) < 3 or xs.min() == 0 or ys.min() == 0 or xs.max() == 159 or ys.max() == 95:
+                continue  # cropped away or cut by the border: its centroid moves
+            assert abs(xs.mean() - x) < 1.5 and abs(ys.mean() - y) < 1.5, (seed, x, y, xs.mean(), ys.mean())
+    assert flips == {True, False}

@@ -15,7 +15,7 @@ from personseg.export import (calibration_images, calibration_inputs, check_pari
 from personseg.imageio import read_image
 from personseg.models import create_model, list_models
 from personseg.onnx_backend import OnnxModel
-from personseg.predict import Predictor
+from personseg.predict import InputSpec, Predictor
 
 onnx = pytest.importorskip("onnx")  # personseg's modules import onnx and onnxruntime lazily
 pytest.importorskip("onnxruntime")
@@ -61,10 +61,7 @@ def test_every_model_exports_with_parity_at_odd_sizes(arch, tmp_path):
     # a size neither traced nor checked above, channels_last input; recurrent models: (logits, state)
     x = torch.randn(1, 3, 33, 50).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        expected = model(x)
-        if getattr(model, "outputs", None):  # multi-task: OnnxModel returns the person logits
-            expected = expected[0]
-        torch.testing.assert_close(OnnxModel(tmp_path / "m.onnx")(x), expected, atol=1e-3, rtol=0)
+        torch.testing.assert_close(OnnxModel(tmp_path / "m.onnx")(x), model(x), atol=1e-3, rtol=0)
 
 
 def test_recurrent_int8_calibrates_its_state(tmp_path):
@@ -147,7 +144,7 @@ def test_int8_export_agrees_with_fp32_on_real_photos(data_dir, pretrained_dir, t
                          encoder_weights=str(pretrained_dir / "mobilenetv1_0.25_imagenet.pth.tar"))
     info = _info("unet_mobilenet_v1", {"alpha": 0.25}, input_size=(160, 96))
     calib = calibration_images(data_dir / "portraits", 8)
-    inputs = [torch.from_numpy(x) for x in calibration_inputs(calib, info["input_size"], info["mean"], info["std"])]
+    inputs = [torch.from_numpy(x) for x in calibration_inputs(calib, InputSpec.from_info(info))]
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, _fit_to_photos(model, inputs), arch="unet_mobilenet_v1", model_kwargs={"alpha": 0.25},
                     input_size=(160, 96))
@@ -167,7 +164,7 @@ def test_int8_export_agrees_with_fp32_on_real_photos(data_dir, pretrained_dir, t
         rgb = read_image(path)
         a, b = fp32_seg.predict_mask(rgb) > 0, int8_seg.predict_mask(rgb) > 0
         ious.append((a & b).sum() / max(1, (a | b).sum()))
-        x = next(calibration_inputs([path], info["input_size"], info["mean"], info["std"]))
+        x = next(calibration_inputs([path], InputSpec.from_info(info)))
         la, lb = fp32_net(torch.from_numpy(x)), int8_net(torch.from_numpy(x))
         correlations.append(np.corrcoef(la.flatten().numpy(), lb.flatten().numpy())[0, 1])
     print(f"int8 vs fp32: mask IoU {np.round(ious, 3)}, logit correlation {np.round(correlations, 3)}")

@@ -221,3 +221,28 @@ def test_segloss_combines_terms():
 def test_segloss_bad_region():
     with pytest.raises(ValueError, match="tversky"):
         SegLoss(region="focal")
+
+
+def test_heads_loss_gives_no_part_gradient_without_part_labels():
+    from personseg.losses import HeadsLoss
+
+    torch.manual_seed(0)
+    part_logits = torch.randn(2, 6, 8, 8, requires_grad=True)
+    heatmaps = torch.rand(2, 17, 2, 2, requires_grad=True)
+    labels = torch.full((2, 8, 8), 255)
+    labels[0, :4] = 3  # sample 0 has part labels in its top half only
+    target = torch.zeros(2, 17, 2, 2)
+    target[1, 5, 1, 1] = 1.0
+    weight = torch.zeros(2, 1, 2, 2)
+    weight[1] = 1  # keypoints count in sample 1 only
+    total, terms = HeadsLoss(parts_weight=1.0, keypoints_weight=1.0)(part_logits, heatmaps, labels, target, weight)
+    total.backward()
+    assert part_logits.grad[1].abs().sum() == 0 and part_logits.grad[0, :, 4:].abs().sum() == 0
+    assert part_logits.grad[0, :, :4].abs().sum() > 0
+    assert heatmaps.grad[0].abs().sum() == 0 and heatmaps.grad[1].abs().sum() > 0
+    expected = torch.nn.functional.cross_entropy(part_logits[0, :, :4].permute(1, 2, 0).reshape(-1, 6),
+                                                 torch.full((32,), 3))
+    torch.testing.assert_close(terms["parts"], expected.detach())
+    torch.testing.assert_close(terms["keypoints"], ((heatmaps[1] - target[1]) ** 2).sum().detach())
+    empty = HeadsLoss()(part_logits, heatmaps, torch.full((2, 8, 8), 255), target, torch.zeros(2, 1, 2, 2))[1]
+    assert empty["parts"] == 0 and empty["keypoints"] == 0

@@ -65,7 +65,7 @@ def test_two_people_are_grouped_by_their_mask_regions():
     mask = np.zeros(size, bool)
     mask[5:95, 15:65] = True
     mask[5:95, 125:175] = True
-    found = keypoints.group(maps, mask, size)
+    found = keypoints.group(maps, mask, size)  # model input = picture size
     assert len(found) == 2
     found.sort(key=lambda p: p["box"][0])
     for p, truth in zip(found, people):
@@ -74,3 +74,65 @@ def test_two_people_are_grouped_by_their_mask_regions():
     assert len(coco[0]["keypoints"]) == 51 and coco[0]["category_id"] == 1 and coco[0]["image_id"] == 7
     drawn = keypoints.draw_skeleton(np.zeros(size + (3,), np.uint8), found)
     assert drawn.any()
+
+
+@pytest.fixture(scope="module")
+def tiny_multitask(tmp_path_factory):
+    """A small multi-task checkpoint with random weights and its ONNX export."""
+    torch = pytest.importorskip("torch")
+    from personseg.checkpoint import save_checkpoint
+    from personseg.export import export_onnx
+    from personseg.models import create_model
+
+    torch.manual_seed(0)
+    kwargs = {"alpha": 0.35}
+    model = create_model("multitask_unet_mobilenet_v2", **kwargs).eval()
+    with torch.no_grad():
+        model.head.bias.fill_(3.0)  # everything is person: the part map and skeletons then have somewhere to be
+    folder = tmp_path_factory.mktemp("multitask")
+    save_checkpoint(folder / "m.pt", model, arch="multitask_unet_mobilenet_v2", model_kwargs=kwargs,
+                    input_size=(160, 96))
+    from personseg.checkpoint import load_checkpoint
+    info = load_checkpoint(folder / "m.pt")[1]
+    export_onnx(model, info, folder / "m.onnx", check_sizes=[(1, 96, 160), (1, 75, 131)])
+    return folder
+
+
+def test_segment_writes_parts_and_landmarks_in_the_documented_formats(tiny_multitask, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from personseg.cli import main
+    from personseg.parts import PALETTE
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 90, 3), dtype=np.uint8)).save(photo)
+    for model in ("m.pt", "m.onnx"):
+        out = tmp_path / model
+        assert main(["segment", str(photo), "-o", str(out), "--model", str(tiny_multitask / model),
+                     "--save", "mask,parts,landmarks", "--quiet"]) == 0
+        parts = np.array(Image.open(out / "photo_parts.png"))
+        assert parts.shape == (120, 90) and parts.dtype == np.uint8 and parts.max() <= 5
+        color = np.array(Image.open(out / "photo_parts_color.png"))
+        assert color.shape == (120, 90, 3) and np.array_equal(color, PALETTE[parts])
+        found = json.loads((out / "photo_landmarks.json").read_text())
+        assert len(found["keypoints"]) == 17 and len(found["people"]) == 1
+        person = found["people"][0]
+        assert len(person["keypoints"]) == 51 and person["category_id"] == 1
+        xs, ys = person["keypoints"][0::3], person["keypoints"][1::3]
+        assert 0 <= min(xs) and max(xs) <= 90 and 0 <= min(ys) and max(ys) <= 120
+        assert np.array(Image.open(out / "photo_skeleton.jpg")).shape == (120, 90, 3)
+
+
+def test_a_model_without_heads_refuses_parts_in_one_line(tiny_checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    from personseg.cli import main
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(photo)
+    assert main(["segment", str(photo), "-o", str(tmp_path / "o"), "--model", str(tiny_checkpoint),
+                 "--save", "landmarks"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model parts" in err[0] and not (tmp_path / "o" / "photo_landmarks.json").exists()

@@ -72,6 +72,7 @@ def test_qat_run_writes_a_checkpoint_that_exports_to_int8(data_dir, tmp_path):
         quantize_int8,
     )
     from personseg.onnx_backend import OnnxModel
+    from personseg.predict import InputSpec
 
     common = ["--set", f"data.root={data_dir}", "--set", "eval_every=0", "--set", "tensorboard=false"]
     assert main(["train", str(SMOKE), "--out", str(tmp_path / "float"), "--set", "max_steps=4", *common]) == 0
@@ -85,13 +86,13 @@ def test_qat_run_writes_a_checkpoint_that_exports_to_int8(data_dir, tmp_path):
     assert not torch.equal(model.head.weight, start.head.weight)  # fine-tuned from the float weights
 
     export_onnx(model, info, tmp_path / "m.onnx", check_sizes=[(1, 90, 160)])
-    size, mean, std = info["input_size"], info["mean"], info["std"]
-    calib = list(calibration_inputs(calibration_images(data_dir / "portraits", 4), size, mean, std))
+    spec = InputSpec.from_info(info)
+    calib = list(calibration_inputs(calibration_images(data_dir / "portraits", 4), spec))
     quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", calib)
     int8 = OnnxModel(tmp_path / "m.int8.onnx")
     assert int8.info["precision"] == "int8"
     correlations = []
-    for x in calibration_inputs(calibration_images(data_dir / "hsd", 3), size, mean, std):
+    for x in calibration_inputs(calibration_images(data_dir / "hsd", 3), spec):
         with torch.no_grad():
             expected = model(torch.from_numpy(x))
         got = int8(torch.from_numpy(x))

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 NO_TORCH = textwrap.dedent("""\
     import sys
     BLOCKED = {"torch", "torchvision", "albumentations", "skimage", "yaml", "tensorboard", "pycocotools",
-               "onnx", "onnxscript", "scipy"}
+               "onnx", "onnxscript", "scipy", "matplotlib"}
 
     class NoTrainExtra:
         def find_spec(self, name, path=None, target=None):

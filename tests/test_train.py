@@ -236,3 +236,36 @@ def test_train_help_has_examples_and_the_shared_output_option(capsys):
     for line in text.split("examples:")[1].splitlines():
         if line.strip().startswith("personseg train"):
             assert (REPO / line.split()[2]).is_file(), line  # every example names a recipe that exists
+
+
+def test_multitask_model_trains_its_heads_from_the_unet_it_extends(data_dir, tmp_path):
+    train(smoke(data_dir, "max_steps=2", "tensorboard=false"), tmp_path / "still")
+    cfg = smoke(data_dir, "model.name=multitask_unet_mobilenet_v2", "max_steps=3", "eval_every=3",
+                "tensorboard=false", f"model.init={tmp_path / 'still' / 'best.pt'}",
+                "data.sources.coco={kind: coco, path: coco, limit: 8}", "data.sources.composites=null")
+    train(cfg, tmp_path / "multi")
+    log = read_jsonl(tmp_path / "multi" / "log.jsonl")
+    assert len(log) == 3 and all(math.isfinite(r["parts"]) and math.isfinite(r["keypoints"]) for r in log)
+    model, info = load_checkpoint(tmp_path / "multi" / "best.pt")
+    assert info["arch"] == "multitask_unet_mobilenet_v2"
+    with torch.no_grad():
+        logits, parts, heatmaps = model(torch.zeros(1, 3, 90, 160))
+    assert parts.shape == (1, 6, 90, 160) and heatmaps.shape == (1, 17, 23, 40)
+    assert set(read_jsonl(tmp_path / "multi" / "metrics.jsonl")[-1]["metrics"]) >= {"ccp", "coco", "pooled"}
+
+
+def test_samples_carry_part_and_keypoint_targets_only_where_known(data_dir):
+    from personseg.data import build_source
+    from personseg.parts import IGNORE
+
+    cfg = smoke(data_dir, "data.sources.coco={kind: coco, path: coco, limit: 8}")
+    by_name = {s.name: s for s in cfg.data.sources}
+    ccp = build_source(by_name["ccp"], cfg, "train", heads=True)[(0, 1)]
+    assert set(ccp["labels"].unique().tolist()) - {IGNORE} <= set(range(6)) and (ccp["labels"] != IGNORE).any()
+    assert ccp["heatmap_weight"].sum() == 0  # a person with unknown joints: no heatmap loss
+    coco = build_source(by_name["coco"], cfg, "val", heads=True)
+    sample = next(coco[i] for i in range(len(coco)) if coco[i]["heatmaps"].amax() > 0.9)
+    assert (sample["labels"] == IGNORE).all() and sample["heatmap_weight"].mean() > 0.5
+    assert sample["heatmaps"].shape == (17, 23, 40)
+    portraits = build_source(by_name["portraits"], cfg, "val", heads=True)[0]
+    assert portraits["heatmaps"].sum() == 0 and portraits["heatmap_weight"].sum() == 0

@@ -3,14 +3,16 @@
     logits, parts, heatmaps = model(x)    # (B, 1, H, W), (B, 6, H, W), (B, 17, ceil(H/4), ceil(W/4))
 
 The person mask comes out as in `UNetMobileNet` (so its weights load into this model unchanged); the
-body-part logits (personseg.parts.PART_NAMES) come from the decoder's full-resolution features, the
-keypoint heatmaps (personseg.keypoints, COCO's 17) from its stride-4 features, as SimpleBaseline's
-heatmaps do. Each head is two depthwise-separable blocks and a 1x1 conv: for about the cost of one model
-it gives what MediaPipe ships as three (selfie segmentation, multiclass segmentation, pose).
+body-part logits (personseg.parts.PART_NAMES) and the keypoint heatmaps (personseg.keypoints, COCO's 17,
+at stride 4 as SimpleBaseline's) come from the decoder's stride-16, -8 and -4 maps fused at stride 4.
+The heads are a few depthwise-separable blocks: for little more than the cost of one model they give what
+MediaPipe ships as three (selfie segmentation, multiclass segmentation, pose). Trained with the trunk
+frozen (`model.freeze`), the person mask stays exactly the model the heads were added to.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from personseg.keypoints import COCO_KEYPOINTS, STRIDE
@@ -20,8 +22,22 @@ from personseg.models.unet_mobilenet import UNetMobileNet
 from personseg.parts import PART_NAMES
 
 
-def _head(in_ch: int, width: int, out_ch: int) -> nn.Sequential:
-    return nn.Sequential(DepthwiseSeparable(in_ch, width), DepthwiseSeparable(width, width), nn.Conv2d(width, out_ch, 1))
+class Heads(nn.Module):
+    """The part and keypoint heads on the decoder's stride-16, -8 and -4 maps, fused at stride 4 (as
+    DeepLabV3+ fuses its low-level features): part logits upsampled to the input, heatmaps at stride 4."""
+
+    def __init__(self, level_channels: tuple[int, int, int], num_parts: int, num_keypoints: int, width: int = 96):
+        super().__init__()
+        self.fuse = DepthwiseSeparable(sum(level_channels), width)
+        self.parts = nn.Sequential(DepthwiseSeparable(width, width), nn.Conv2d(width, num_parts, 1))
+        self.keypoints = nn.Sequential(DepthwiseSeparable(width, width), DepthwiseSeparable(width, width),
+                                       nn.Conv2d(width, num_keypoints, 1))
+
+    def forward(self, s16: torch.Tensor, s8: torch.Tensor, s4: torch.Tensor, size: tuple[int, int]):
+        up = lambda t: F.interpolate(t, size=s4.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
+        fused = self.fuse(torch.cat([s4, up(s8), up(s16)], dim=1))
+        parts = F.interpolate(self.parts(fused), size=size, mode="bilinear", align_corners=False)
+        return parts, self.keypoints(fused)
 
 
 class MultiTaskUNet(UNetMobileNet):
@@ -31,10 +47,9 @@ class MultiTaskUNet(UNetMobileNet):
 
     def __init__(self, alpha: float = 1.0, decoder_channels: tuple[int, ...] = (96, 32, 24, 16, 16),
                  num_parts: int = len(PART_NAMES), num_keypoints: int = len(COCO_KEYPOINTS),
-                 parts_width: int = 32, keypoints_width: int = 64, encoder_weights: str | None = None):
+                 heads_width: int = 96, encoder_weights: str | None = None):
         super().__init__("mobilenet_v2", alpha, tuple(decoder_channels), 1, encoder_weights)
-        self.parts_head = _head(decoder_channels[4], parts_width, num_parts)
-        self.keypoints_head = _head(decoder_channels[2], keypoints_width, num_keypoints)
+        self.heads = Heads(tuple(decoder_channels[:3]), num_parts, num_keypoints, heads_width)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, (h, w) = pad_to_multiple(x, self.stride)
@@ -43,10 +58,10 @@ class MultiTaskUNet(UNetMobileNet):
         for block, skip in zip(self.decoder.blocks, features[-2::-1]):
             y = block(y, skip)
             levels.append(y)  # strides 16, 8, 4, 2
-        full = self.decoder.final_up(y)
+        logits = self.head(self.decoder.final_up(y))
+        parts, heatmaps = self.heads(levels[0], levels[1], levels[2], x.shape[-2:])
         hk, wk = (h + STRIDE - 1) // STRIDE, (w + STRIDE - 1) // STRIDE  # ceil; ONNX integer division truncates
-        return (self.head(full)[..., :h, :w], self.parts_head(full)[..., :h, :w],
-                self.keypoints_head(levels[2])[..., :hk, :wk])
+        return logits[..., :h, :w], parts[..., :h, :w], heatmaps[..., :hk, :wk]
 
 
 @register_model("multitask_unet_mobilenet_v2")
