@@ -25,7 +25,7 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)  # passed to create_model (e.g. alpha, encoder_weights)
     init: str = ""  # a personseg checkpoint to start from (its weights; e.g. the float model to fine-tune with qat)
     freeze_bn: bool = False  # BatchNorm layers keep their running statistics (for small or correlated batches: clips)
-    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes that do not train (e.g. [encoder, decoder, head])
+    freeze: list[str] = field(default_factory=list)  # modules whose parameters do not train (e.g. [encoder, decoder, head])
 
 
 @dataclass

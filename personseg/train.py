@@ -315,8 +315,8 @@ def build_model(cfg: TrainConfig, rt: Runtime) -> torch.nn.Module:
     model = create_model(cfg.model.name, **cfg.model.kwargs)
     if cfg.model.init:
         load_init(model, cfg.model.init, rt.master)
-    frozen = [p for name, p in model.named_parameters() if name.startswith(tuple(cfg.model.freeze))] \
-        if cfg.model.freeze else []
+    prefixes = tuple(f"{prefix.rstrip('.')}." for prefix in cfg.model.freeze)  # whole modules: "head" is not "heads"
+    frozen = [p for name, p in model.named_parameters() if name.startswith(prefixes)] if prefixes else []
     for p in frozen:  # e.g. a multi-task model's trunk, so its person mask stays the model it started from
         p.requires_grad_(False)
     if cfg.qat:  # fake int8; its state_dict stays the float model's, so checkpoints and --resume are unchanged

@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-kind", choices=[*OUTPUTS, *OLD_KINDS], default="background", metavar="KIND",
                         help=f"what OUTPUT shows: {', '.join(OUTPUTS)} (default: background; see below)")
     parser.add_argument("--save-masks", metavar="DIR", help="also write 0/255 PNG masks DIR/00000.png, ...")
+    parser.add_argument("--save-landmarks", metavar="FILE.jsonl",
+                        help="with --model parts: also write each frame's skeletons, one JSON line a frame "
+                             "({frame, people: COCO keypoint results}), smoothed from frame to frame")
     parser.add_argument("--temporal", choices=TEMPORAL_MODES, default="median",
                         help="steady the masks over time: median (of each frame and its neighbours: "
                              "blinks of a frame are gone, lasting changes come through on time; one "
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             args.input, args.output, predictor, background=background,
             output_kind=OLD_KINDS.get(args.output_kind, args.output_kind), save_masks=args.save_masks,
             temporal=args.temporal, hysteresis=args.hysteresis, track=args.track, batch_size=args.batch_size,
-            overwrite=args.overwrite, fps=args.fps,
+            overwrite=args.overwrite, fps=args.fps, save_landmarks=args.save_landmarks,
             progress=not args.quiet and sys.stderr.isatty())
     except VideoError as e:
         return fail(str(e), 1)

@@ -136,3 +136,42 @@ def test_a_model_without_heads_refuses_parts_in_one_line(tiny_checkpoint, tmp_pa
                  "--save", "landmarks"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--model parts" in err[0] and not (tmp_path / "o" / "photo_landmarks.json").exists()
+
+
+def test_video_writes_one_smoothed_landmark_line_per_frame(tiny_multitask, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from personseg.cli import main
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(frames / f"{i:05d}.png")
+    jsonl = tmp_path / "skeletons.jsonl"
+    assert main(["video", str(frames), "-o", str(tmp_path / "out.mp4"), "--model", str(tiny_multitask / "m.onnx"),
+                 "--save-landmarks", str(jsonl), "--quiet"]) == 0
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [line["frame"] for line in lines] == [0, 1, 2, 3]
+    assert all(len(p["keypoints"]) == 51 for line in lines for p in line["people"])
+    assert main(["video", str(frames), "-o", str(tmp_path / "again.mp4"), "--model", str(tiny_multitask / "m.onnx"),
+                 "--save-landmarks", str(jsonl), "--quiet"]) == 2  # kept unless --overwrite
+
+
+def test_landmark_smoothing_moves_keypoints_part_of_the_way():
+    from personseg.video.tracking import LandmarkRecorder
+
+    class Heads:
+        has_heads = True
+
+    recorder = LandmarkRecorder(Heads(), smoothing=0.5)
+    k0 = np.tile([10.0, 10.0, 0.9], (17, 1)).astype(np.float32)
+    first = recorder._smooth([{"keypoints": k0, "box": (0, 0, 40, 80), "score": 0.9}], [])
+    k1 = k0.copy()
+    k1[:, 0] += 4
+    second = recorder._smooth([{"keypoints": k1, "box": (4, 0, 44, 80), "score": 0.9}], first)
+    assert np.allclose(second[0]["keypoints"][:, 0], 12.0)  # half way from 10 to 14
+    far = recorder._smooth([{"keypoints": k1 + 300, "box": (300, 300, 340, 380), "score": 0.9}], first)
+    assert np.allclose(far[0]["keypoints"][:, 0], k1[:, 0] + 300)  # another person: no smoothing

@@ -153,7 +153,8 @@ def process_video(source: str | Path | int, output: str | Path, predictor: Predi
                   background: render.Background | BackgroundVideo = "blur", output_kind: str = "background",
                   save_masks: str | Path | None = None, temporal: str = "off", hysteresis: float | None = None,
                   track: bool = False, batch_size: int = 4, threshold: float | None = None, overwrite: bool = False,
-                  fps: float | None = None, progress: bool = False, queue_size: int | None = None) -> VideoSummary:
+                  fps: float | None = None, progress: bool = False, queue_size: int | None = None,
+                  save_landmarks: str | Path | None = None) -> VideoSummary:
     """Segment a video (file, folder of frames or camera index) into `output`; see the module doc.
 
     `output_kind`: a kind of `render.OUTPUTS`, drawn on every frame ("background": the person over
@@ -161,20 +162,27 @@ def process_video(source: str | Path | int, output: str | Path, predictor: Predi
     the others to H.264 (mp4/mov/mkv/m4v, audio copied). `save_masks`: a folder for 0/255 PNG masks named by 0-based frame index. `temporal`: off, median
     (`TemporalMedian`), ema or flow (`TemporalFilter`), with `hysteresis` (None: the mode's default).
     `track`: segment a crop around the person (`PersonTracker`). `fps` is the frame rate of folders and
-    cameras. Raises `VideoError` (bad input, with `partial` set if something was kept),
+    cameras. `save_landmarks`: a .jsonl file for each frame's skeletons (a multi-task model:
+    `LandmarkRecorder`), written when the video is done. Raises `VideoError` (bad input, with `partial` set if something was kept),
     ValueError, FileNotFoundError or FileExistsError (bad arguments, nothing written).
     """
     output = Path(output)
     save_masks = Path(save_masks) if save_masks is not None else None
     threshold = predictor.threshold if threshold is None else threshold
     smoother = make_temporal(temporal, threshold, hysteresis)
-    segmenter = make_segmenter(predictor, track, threshold)
+    segmenter = make_segmenter(predictor, track, threshold, landmarks=save_landmarks is not None)
+    if save_landmarks is not None and Path(save_landmarks).exists() and not overwrite:
+        raise FileExistsError(f"{save_landmarks} already exists (use --overwrite to replace it)")
     src = open_source(source, fps)
     try:
         check_outputs(output, output_kind, save_masks, overwrite, None if isinstance(src, CameraSource) else src.path)
         with sigterm_exits():  # SIGTERM removes the temporary outputs, as Ctrl-C does
-            return _run(src, output, output_kind, save_masks, segmenter, smoother, background, threshold,
-                        batch_size, overwrite, progress, queue_size or 2 * batch_size)
+            summary = _run(src, output, output_kind, save_masks, segmenter, smoother, background, threshold,
+                           batch_size, overwrite, progress, queue_size or 2 * batch_size)
+            if save_landmarks is not None:
+                segmenter.write(save_landmarks)
+                summary.outputs.append(Path(save_landmarks))
+            return summary
     finally:
         src.close()
         if isinstance(background, BackgroundVideo):

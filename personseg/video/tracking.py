@@ -1,6 +1,7 @@
 """What turns a video's frames into alphas: the predictor itself, a `PersonTracker` around it (a crop
 around the person), or a `RecurrentSegmenter` (a recurrent model carrying its state). Each has
-`predict_batch(images, batch_size)` for consecutive frames; `make_segmenter` picks one."""
+`predict_batch(images, batch_size)` for consecutive frames; `make_segmenter` picks one. A
+`LandmarkRecorder` (a multi-task model) also keeps each frame's skeletons."""
 from __future__ import annotations
 
 import math
@@ -135,11 +136,69 @@ class RecurrentSegmenter:
         return alphas
 
 
-def make_segmenter(predictor: Predictor, track: bool = False, threshold: float | None = None):
-    """The per-frame predictor, a `PersonTracker` around it, or a `RecurrentSegmenter` for recurrent
-    models; each has `predict_batch(images, batch_size)`."""
+def make_segmenter(predictor: Predictor, track: bool = False, threshold: float | None = None,
+                   landmarks: bool = False):
+    """The per-frame predictor, a `PersonTracker` around it, a `RecurrentSegmenter` for recurrent
+    models, or with `landmarks` a `LandmarkRecorder`; each has `predict_batch(images, batch_size)`."""
+    if landmarks:
+        if track:
+            raise ValueError("--save-landmarks and --track cannot go together: the skeletons need the whole frame")
+        return LandmarkRecorder(predictor)
     if getattr(predictor, "recurrent", False):
         if track:
             raise ValueError("--track needs a per-frame model; recurrent models see the whole frame")
         return RecurrentSegmenter(predictor)
     return PersonTracker(predictor, threshold=threshold) if track else predictor
+
+
+class LandmarkRecorder:
+    """The predictor of a multi-task model (`--model parts`) that also keeps each frame's skeletons.
+
+    Skeletons are smoothed like the masks are: each person is matched to the nearest skeleton of the
+    previous frame (box centres closer than half the box's longer side) and its keypoints move by an
+    exponential average, `smoothing` of the old position plus the rest of the new one (where both
+    were found); a person with no match starts fresh. `write(path)` saves one JSON line per frame:
+    {"frame": index, "people": COCO keypoint results (personseg.keypoints.to_coco)}."""
+
+    def __init__(self, predictor: Predictor, smoothing: float = 0.5, min_score: float = 0.1):
+        if not predictor.has_heads:
+            raise ValueError("--save-landmarks needs a model with landmark heads: --model parts")
+        self.predictor, self.smoothing, self.min_score = predictor, smoothing, min_score
+        self.frames: list[list[dict]] = []
+
+    def reset(self) -> None:
+        self.frames = []
+
+    def predict_batch(self, images: list[np.ndarray], batch_size: int = 1) -> list[np.ndarray]:
+        alphas = []
+        for rgb in images:
+            prediction = self.predictor.predict_all(rgb)
+            self.frames.append(self._smooth(prediction["people"], self.frames[-1] if self.frames else []))
+            alphas.append(prediction["alpha"])
+        return alphas
+
+    def _smooth(self, people: list[dict], previous: list[dict]) -> list[dict]:
+        def centre(p):
+            x0, y0, x1, y1 = p["box"]
+            return np.array([(x0 + x1) / 2, (y0 + y1) / 2]), max(x1 - x0, y1 - y0)
+
+        out = []
+        for person in people:
+            (c, size), k = centre(person), person["keypoints"].copy()
+            near = [(np.linalg.norm(centre(q)[0] - c), q) for q in previous]
+            distance, match = min(near, key=lambda item: item[0], default=(math.inf, None))
+            if match is not None and distance < size / 2:
+                both = (k[:, 2] >= self.min_score) & (match["keypoints"][:, 2] >= self.min_score)
+                k[both, :2] = self.smoothing * match["keypoints"][both, :2] + (1 - self.smoothing) * k[both, :2]
+            out.append({**person, "keypoints": k})
+        return out
+
+    def write(self, path) -> None:
+        import json
+
+        from personseg.keypoints import to_coco
+        from personseg.tempfiles import atomic_write
+
+        with atomic_write(path) as temp, open(temp, "x", encoding="utf-8") as f:
+            for index, people in enumerate(self.frames):
+                f.write(json.dumps({"frame": index, "people": to_coco(people, image_id=index)}) + "\n")
