@@ -103,6 +103,25 @@ def load_predictor(args: argparse.Namespace, **options):
                           tta=args.tta, keep=args.keep, threshold=args.threshold, **options)
 
 
+def has_extra(command: str, module: str, needs: str, extra: str) -> bool:
+    """Whether `module` imports; if not, the one-line install hint on stderr (the caller exits 2)."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError:
+        print(f'personseg {command}: needs {needs}: pip install "personseg[{extra}]"', file=sys.stderr)
+        return False
+    return True
+
+
+def warn_if_public(host: str, what: str) -> None:
+    """A warning on stderr when a server binds beyond this machine (no authentication)."""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {host}: {what} is reachable from other machines, with no authentication",
+              file=sys.stderr)
+
+
 def missing_extra_message(command: str, package: str) -> str:
     return f"personseg {command}: needs {package}, which the light install leaves out: {TRAIN_EXTRA}"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from personseg import render
+from personseg.cli import has_extra, warn_if_public
 
 OUTPUT_BUTTONS = ["download", "fullscreen"]  # no "share": that would upload to a hosting service
 BACKGROUNDS = ["blur", "white", "black", "green", "blue", "gray", "custom colour"]
@@ -185,14 +186,9 @@ def _url_ok(url: str, patience_s: float = 60.0) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    try:
-        import gradio  # noqa: F401
-    except ModuleNotFoundError:
-        print('personseg demo: needs Gradio: pip install "personseg[demo]"', file=sys.stderr)
+    if not has_extra("demo", "gradio", "Gradio", "demo"):
         return 2
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding {args.host}: the demo is reachable from other machines, with no authentication",
-              file=sys.stderr)
+    warn_if_public(args.host, "the demo")
     names = shipped_names()
     default = args.model or ("accurate" if "accurate" in names else names[0])
     models = Models(sorted({*names, default}), default, refine=not args.no_refine)

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from personseg import render
-from personseg.cli import add_predictor_arguments, load_predictor
+from personseg.cli import add_predictor_arguments, has_extra, load_predictor, warn_if_public
 
 FORMATS = ("png", "json")
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -377,14 +377,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-    except ModuleNotFoundError:
-        print('personseg serve: needs FastAPI and uvicorn: pip install "personseg[serve]"', file=sys.stderr)
+    if not has_extra("serve", "uvicorn", "FastAPI and uvicorn", "serve"):
         return 2
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding {args.host}: the API is reachable from other machines, with no authentication",
-              file=sys.stderr)
+    import uvicorn
+
+    warn_if_public(args.host, "the API")
     try:
         # ORT's threads do not spin-wait: request threads (decode, render, PNG) share the cores with the model
         predictor = load_predictor(args, spinning=False)
