@@ -165,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                    else f"personseg {args.command}: not available in this build")
         print(message, file=sys.stderr)
         return 2
+    from personseg.imageio import max_pixels
+
+    try:
+        max_pixels()  # a bad $PERSONSEG_MAX_PIXELS: one line for every command, before any work
+    except ValueError as e:
+        print(f"personseg {args.command}: {e}", file=sys.stderr)
+        return 2
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

@@ -40,7 +40,8 @@ from torch.utils.data import Dataset, Sampler
 from personseg.augment import apply_augment, build_augment, letterbox, letterbox_window, window_keypoints
 from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from personseg.config import SourceConfig, TrainConfig, data_root
-from personseg.folders import VAL_EVERY, decode_mask, list_images, list_pairs, split_items  # noqa: F401 (re-exported)
+from personseg.folders import (VAL_EVERY, decode_mask, list_images, list_pairs, same_aspect,  # noqa: F401
+                               split_items)
 from personseg.keypoints import COCO_KEYPOINTS, FLIP, STRIDE as KP_STRIDE, render_heatmaps
 from personseg.losses import signed_distance_map
 from personseg.parts import IGNORE as IGNORE_PART, ccp_parts
@@ -78,8 +79,6 @@ def screen_pairs(mask_dir: Path, pairs: list[tuple[Path, Path]]) -> list[tuple[P
     cannot be read, or whose mask has another aspect ratio than its image (`personseg data check`
     calls that an error: resizing would stretch it), is skipped and named in a warning. Masks of the
     same aspect ratio but another size are kept (resized when loaded) and counted in one warning."""
-    from personseg.data_tools import ASPECT_TOLERANCE  # the rule of `personseg data check`
-
     key = str(mask_dir)
     if key not in _mask_size_reports or key not in _screened:
         kept, resized, skipped = [], 0, []
@@ -90,7 +89,7 @@ def screen_pairs(mask_dir: Path, pairs: list[tuple[Path, Path]]) -> list[tuple[P
             except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
                 skipped.append(f"{img.name}/{mask.name} (unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
                 continue
-            if (iw, ih) != (mw, mh) and abs((mw / mh) / (iw / ih) - 1) > ASPECT_TOLERANCE:
+            if not same_aspect((ih, iw), (mh, mw)):
                 skipped.append(f"{mask.name} (mask {mw}x{mh}, image {iw}x{ih}: another aspect ratio)")
                 continue
             resized += (iw, ih) != (mw, mh)
@@ -243,7 +242,8 @@ class LabelMaps(SegDataset):
                  with_sdm: bool = False, source: str | None = None, orient_val: bool = False, heads: bool = False):
         self.root = Path(root)
         super().__init__(source or self.root.name, size, augment, seed, with_sdm, orient_val, heads)
-        pairs = list_pairs(self.root, split, val_every, mask_dir="labels")[0]
+        usable = set(screen_pairs(self.root / "labels", list_pairs(self.root, None, val_every, "labels")[0]))
+        pairs = [pair for pair in list_pairs(self.root, split, val_every, mask_dir="labels")[0] if pair in usable]
         self.pairs = pairs[:limit] if limit else pairs
         names_file = self.root / "label_names.txt"
         self.label_names = [line.split(maxsplit=1)[1] for line in names_file.read_text().splitlines()

@@ -40,13 +40,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from personseg.folders import IGNORE, list_images
+from personseg.folders import IGNORE, list_images, same_aspect
 from personseg.imageio import ImageReadError, read_image, write_image_atomic
 from personseg.tempfiles import atomic_write
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
-ASPECT_TOLERANCE = 0.02  # relative; hsd's resized masks are off by under 1%
 
 
 class DownloadError(RuntimeError):
@@ -423,7 +422,7 @@ def check_folder(folder: str | Path, progress: bool = False) -> CheckReport:
         (ih, iw), (mh, mw) = image.shape[:2], mask.shape[:2]
         if (ih, iw) != (mh, mw):
             detail = f"mask {mw}x{mh}, image {iw}x{ih}"
-            if abs((mw / mh) / (iw / ih) - 1) > ASPECT_TOLERANCE:
+            if not same_aspect((ih, iw), (mh, mw)):
                 add(Finding("error", "size mismatch", masks[stem], detail + ", different aspect ratio"))
             else:
                 add(Finding("warning", "size mismatch", masks[stem],

@@ -128,10 +128,14 @@ def _coco_truth(coco, k: int, size: tuple[int, int]) -> tuple[np.ndarray, bool]:
 
 
 def read_mask(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, bool]:
-    """(H, W) uint8 mask resized to `size` (H, W) if needed, and whether it was resized."""
+    """(H, W) uint8 mask resized to `size` (H, W) if needed, and whether it was resized. A mask of
+    another aspect ratio is an ImageReadError (the training loader skips it, `data check` calls it an error)."""
     mask = read_image(path)[..., 0]  # grayscale masks come back with three equal channels
     if mask.shape == tuple(size):
         return mask, False
+    if not folders.same_aspect(tuple(size), mask.shape):
+        raise ImageReadError(path, f"mask {mask.shape[1]}x{mask.shape[0]}, image {size[1]}x{size[0]}: another "
+                                   "aspect ratio (resizing would stretch it); personseg data check lists such pairs")
     # INTER_NEAREST_EXACT samples pixel centres (like PIL's NEAREST); INTER_NEAREST shifts by half a pixel.
     return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT), True
 
@@ -221,7 +225,7 @@ def evaluate_folders(predictor, folders, split: str = "val", limit: int | None =
     per_folder, rows, errors = {}, [], []
     worst_kept = _WorstImages(worst)
     timer = _Timer(predictor)
-    for name, items in plan:
+    for (name, items), folder in zip(plan, folders):
         metrics, folder_rows, folder_errors, resized = BinaryMetrics(threshold), [], 0, 0
         for image_path, truth in items:
             bar.update()
@@ -249,10 +253,26 @@ def evaluate_folders(predictor, folders, split: str = "val", limit: int | None =
             tqdm.write(f"note: {name}: {resized} mask{'s' if resized != 1 else ''} not the size of "
                        "the image, resized to it (nearest)", file=sys.stderr)
         per_folder[name] = _summary(metrics, folder_rows, folder_errors, resized)
+        per_folder[name]["without_mask"] = _note_unscored(name, folder, split)
         overall.merge(metrics)
         rows.extend(folder_rows)
     bar.close()
     return _result(overall, per_folder, rows, errors, worst_kept.sorted(), split, threshold)
+
+
+def _note_unscored(name: str, folder: Path, split: str) -> int:
+    """Images of a masks folder without a mask: outside every split (only "all" lists them, as errors);
+    a note on stderr says how many were left out."""
+    from tqdm import tqdm
+
+    if split == "all" or folder_kind(folder) != "masks":
+        return 0
+    unpaired = len(folders.list_pairs(folder)[1])
+    if unpaired:
+        tqdm.write(f"note: {name}: {unpaired} image{' has' if unpaired == 1 else 's have'} no mask in masks/ and "
+                   f"{'is' if unpaired == 1 else 'are'} not scored (--split all lists {'it' if unpaired == 1 else 'them'})",
+                   file=sys.stderr)
+    return unpaired
 
 
 class _Timer:
@@ -459,7 +479,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a shipped model name")
     parser.add_argument("data", nargs="+", metavar="DATA",
                         help="data folders, each with images/ and masks/, or images/ and a COCO annotations.json")
-    parser.add_argument("--out", required=True, metavar="DIR",
+    parser.add_argument("-o", "--output", "--out", dest="out", required=True, metavar="DIR",
                         help="folder for metrics.json, per_image.csv, report.html and report_files/")
     parser.add_argument("--split", choices=SPLITS, default="val",
                         help="val: the training loop's validation split (image/mask pairs sorted by name, "

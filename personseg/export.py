@@ -352,7 +352,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__.split("\n\n", 1)[1]
     parser.add_argument("model", nargs="?", metavar="CHECKPOINT_OR_NAME",
                         help="a .pt checkpoint or a shipped model name (default: the shipped default model)")
-    parser.add_argument("-o", "--out", required=True, metavar="MODEL.onnx", help="the ONNX file to write")
+    parser.add_argument("-o", "--output", "--out", dest="out", required=True, metavar="MODEL.onnx", help="the ONNX file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript",
                         help="torchscript (default, fast) or dynamo (torch.export based, needs onnxscript)")

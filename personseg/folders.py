@@ -22,6 +22,8 @@ import numpy as np
 from personseg.imageio import IMAGE_EXTENSIONS
 
 IGNORE = 128
+ASPECT_TOLERANCE = 0.02  # a mask of another size is resized to its image within this relative aspect error
+                         # (hsd's resized masks are off by under 1%); beyond it the pair is an error
 VAL_EVERY = 10
 SPLITS = ("train", "val", "holdout")
 
@@ -40,6 +42,12 @@ def decode_mask(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     valid 0 = don't-care (value 128, never person)."""
     valid = gray != IGNORE
     return ((gray > IGNORE) & valid).astype(np.uint8), valid.astype(np.uint8)
+
+
+def same_aspect(image_size: tuple[int, int], mask_size: tuple[int, int]) -> bool:
+    """Whether a mask of `mask_size` may be resized onto an image of `image_size` (both (H, W))."""
+    (ih, iw), (mh, mw) = image_size, mask_size
+    return abs((mw / mh) / (iw / ih) - 1) <= ASPECT_TOLERANCE
 
 
 def split_of(index: int, val_every: int = VAL_EVERY) -> str:

@@ -63,8 +63,19 @@ def read_metadata(props: dict[str, str], path: str | Path) -> dict:
     if props.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a personseg ONNX model (no personseg metadata); "
                              "write one with `personseg export CHECKPOINT -o model.onnx`")
-    info = {k: (json.loads(v) if k in JSON_KEYS else v) for k, v in props.items()}
-    info["threshold"] = float(info["threshold"])
+    fix = "re-export it with `personseg export CHECKPOINT -o model.onnx`"
+    missing = [k for k in ("arch", "input_size", "mean", "std", "threshold") if k not in props]
+    if missing:
+        raise ModelFileError(f"{path}: personseg metadata without {', '.join(missing)}; {fix}")
+    try:
+        info = {k: (json.loads(v) if k in JSON_KEYS else v) for k, v in props.items()}
+        info["threshold"] = float(info["threshold"])
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+        raise ModelFileError(f"{path}: unreadable personseg metadata ({e}); {fix}") from None
+    if not 0 <= info["threshold"] <= 1 or len(info["mean"]) != 3 or len(info["std"]) != 3 \
+            or len(info["input_size"]) != 2 or min(info["input_size"]) < 16:
+        raise ModelFileError(f"{path}: personseg metadata out of range (threshold {info['threshold']}, mean "
+                             f"{info['mean']}, std {info['std']}, input_size {info['input_size']}); {fix}")
     info["tta"] = info.get("tta") == "1"  # files from before it was recorded: off
     if "pad_multiple" in info:
         info["pad_multiple"] = int(info["pad_multiple"])

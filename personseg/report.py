@@ -202,7 +202,7 @@ def render_curves(log: list[dict[str, float]], evals: list[dict[str, float]] | N
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("rundir", metavar="RUNDIR",
                         help=f"a training run folder (holding {LOG_NAME}, and {METRICS_NAME} once evaluated)")
-    parser.add_argument("-o", "--output", metavar="PNG",
+    parser.add_argument("-o", "--output", "--out", dest="output", metavar="PNG",
                         help=f"where to write the picture (default: RUNDIR/{DEFAULT_OUTPUT})")
 
 

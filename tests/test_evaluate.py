@@ -269,3 +269,30 @@ def test_eval_cli_takes_a_coco_folder(tiny_checkpoint, tmp_path):
                  "--device", "cpu", "--no-refine", "--worst", "0"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["per_folder"]["coco"]["images"] == 2
+
+
+def test_eval_refuses_a_mask_of_another_aspect_ratio_and_notes_images_without_masks(tmp_path, capsys):
+    """One rule with the training loader and `data check`: a stretched mask is an error, named."""
+    from PIL import Image
+
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in range(10):
+        Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "images" / f"{i:02d}.png")
+        if i != 3:
+            size = (30, 60) if i == 9 else (60, 40)  # the validation file's mask is 60x30 for a 60x40 image
+            Image.fromarray(np.zeros(size[::-1], np.uint8)).save(tmp_path / "masks" / f"{i:02d}.png")
+
+    class Nobody:
+        threshold = 0.5
+
+        def predict(self, rgb):
+            return np.zeros(rgb.shape[:2], np.float32)
+
+    result = evaluate_folders(Nobody(), [tmp_path], "all")
+    assert [e["file"] for e in result["errors"]] == ["03.png", "09.png"]
+    assert "another aspect ratio" in result["errors"][1]["error"]
+    capsys.readouterr()
+    result = evaluate_folders(Nobody(), [tmp_path], "train")  # images without masks are not in any split
+    assert result["per_folder"][tmp_path.name]["without_mask"] == 1
+    assert "1 image has no mask in masks/ and is not scored" in capsys.readouterr().err

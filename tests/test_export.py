@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import personseg
@@ -219,3 +220,27 @@ def test_loading_a_foreign_onnx_file_says_how_to_fix(tmp_path):
     (tmp_path / "junk.onnx").write_text("not a model")
     with pytest.raises(ValueError, match="not a readable ONNX model"):
         personseg.load(tmp_path / "junk.onnx")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"threshold": None}, "without threshold"),
+    ({"mean": "[0.4, oops"}, "unreadable personseg metadata"),
+    ({"threshold": "nan"}, "out of range"),
+    ({"mean": "[0.5]"}, "out of range"),
+])
+def test_onnx_with_missing_or_bad_metadata_is_a_one_line_error(tiny_checkpoint, tmp_path, capsys, change, message):
+    from personseg.cli import main
+    from personseg.export import set_metadata
+
+    assert main(["export", str(tiny_checkpoint), "-o", str(tmp_path / "m.onnx")]) == 0
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    props = {p.key: p.value for p in proto.metadata_props}
+    for key, value in change.items():
+        props.pop(key) if value is None else props.__setitem__(key, value)
+    set_metadata(proto, props)
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "p.png")
+    capsys.readouterr()
+    assert main(["segment", str(tmp_path / "p.png"), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "bad.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "personseg export" in err[0]
