@@ -88,7 +88,8 @@ class LossConfig:
     boundary_step: float = 0.01  # added at the end of each epoch once val IoU has plateaued
     boundary_max: float = 1.0
     parts_weight: float = 0.5  # multi-task models: cross-entropy of the body-part head (samples with part labels)
-    keypoints_weight: float = 0.05  # multi-task models: heatmap squared error per labelled keypoint
+    parts_class_weights: list[float] = field(default_factory=list)  # per part class; empty = all 1
+    keypoints_weight: float = 1.0  # multi-task models: focal loss of the keypoint heatmaps (losses.heatmap_focal_loss)
 
 
 @dataclass

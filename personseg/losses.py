@@ -194,25 +194,42 @@ class SegLoss(nn.Module):
         return total, {name: value.detach() for name, value in parts.items()}
 
 
+def heatmap_focal_loss(logits: Tensor, target: Tensor, weight: Tensor, peak: float = 0.8) -> Tensor:
+    """CornerNet / CenterNet's penalty-reduced focal loss on keypoint heatmaps (Law & Deng 2018, Zhou et al.
+    2019): with p = sigmoid(logits), -(1 - p)^2 log p at the Gaussians' peaks (target >= `peak`) and
+    -(1 - target)^4 p^2 log(1 - p) elsewhere, where `weight` is 1; summed and divided by the number of
+    peak pixels (at least 1). Unlike a squared error it does not let sparse heatmaps settle at zero."""
+    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    positive = (target >= peak).float() * weight
+    negative = (target < peak).float() * weight
+    loss = -(positive * (1 - p) ** 2 * torch.log(p) + negative * (1 - target) ** 4 * p ** 2 * torch.log(1 - p))
+    return loss.sum() / positive.sum().clamp_min(1)
+
+
 class HeadsLoss(nn.Module):
     """The multi-task heads' losses, each only where its labels exist (personseg.data.head_targets):
 
-    parts: cross-entropy of the part logits over pixels with a part label (IGNORE elsewhere), averaged
-    over those pixels: a batch without part labels gives exactly 0 and no gradient to the part head.
-    keypoints: squared error of the heatmaps where `heatmap_weight` is 1, summed over pixels and
-    divided by the labelled keypoints in the batch (at least 1), as bottom-up pose models weigh theirs.
+    parts: cross-entropy of the part logits over pixels with a part label (IGNORE elsewhere), weighted by
+    class (`class_weights`, e.g. inverse square-root frequencies: the part classes are very unequal) and
+    averaged over those pixels' weights: a batch without part labels gives exactly 0 and no gradient.
+    keypoints: `heatmap_focal_loss` of the heatmap logits where `heatmap_weight` is 1.
     """
 
-    def __init__(self, parts_weight: float = 0.5, keypoints_weight: float = 0.05, ignore_index: int = 255):
+    def __init__(self, parts_weight: float = 0.5, keypoints_weight: float = 1.0, ignore_index: int = 255,
+                 class_weights: list[float] | None = None):
         super().__init__()
         self.parts_weight, self.keypoints_weight, self.ignore_index = parts_weight, keypoints_weight, ignore_index
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32) if class_weights
+                             else torch.ones(0), persistent=False)
 
     def forward(self, part_logits: Tensor, heatmaps: Tensor, labels: Tensor, target_heatmaps: Tensor,
                 heatmap_weight: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         labelled = labels != self.ignore_index
-        ce = F.cross_entropy(part_logits, labels.clamp_max(part_logits.shape[1] - 1), reduction="none")
-        parts = (ce * labelled).sum() / labelled.sum().clamp_min(1)
-        keypoints_count = (target_heatmaps.flatten(2).amax(-1) > 0.5).sum().clamp_min(1)
-        keypoints = (heatmap_weight * (heatmaps - target_heatmaps) ** 2).sum() / keypoints_count
+        safe = torch.where(labelled, labels, torch.zeros_like(labels))
+        ce = F.cross_entropy(part_logits, safe, reduction="none")
+        w = self.class_weights.to(ce.device)[safe] if self.class_weights.numel() else torch.ones_like(ce)
+        w = w * labelled
+        parts = (ce * w).sum() / w.sum().clamp_min(1e-6)
+        keypoints = heatmap_focal_loss(heatmaps, target_heatmaps, heatmap_weight)
         total = self.parts_weight * parts + self.keypoints_weight * keypoints
         return total, {"parts": parts.detach(), "keypoints": keypoints.detach()}

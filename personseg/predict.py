@@ -276,6 +276,7 @@ class Predictor:
         prob, heads = self._forward([rgb], size)
         alpha = self._finish(rgb, prob[0])
         part_logits, heatmaps = (np.asarray(h, np.float32)[0] for h in heads)
+        heatmaps = sigmoid(heatmaps)  # the head's logits (trained with a focal loss) -> peak probabilities
         person = alpha >= self.threshold
         return {"alpha": alpha, "parts": _part_map(part_logits, person),
                 "people": keypoints.group(heatmaps, person, size)}

@@ -226,7 +226,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
     ddp = DDP(net, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if rt.world > 1 else net
     run = Run(cfg, rt, out, loaders, model, net, ddp, optimizer, scaler,
               criterion=SegLoss(cfg.loss.bce_weight, cfg.loss.region_weight, cfg.loss.region),
-              heads_loss=HeadsLoss(cfg.loss.parts_weight, cfg.loss.keypoints_weight) if heads else None,
+              heads_loss=HeadsLoss(cfg.loss.parts_weight, cfg.loss.keypoints_weight,
+                                   class_weights=cfg.loss.parts_class_weights) if heads else None,
               schedule=Schedule(cfg, cfg.max_steps or cfg.epochs * loaders.steps_per_epoch),
               writer=open_run_folder(cfg, out, state.step) if rt.master else None)
     metrics = fit(run, state)

@@ -224,11 +224,11 @@ def test_segloss_bad_region():
 
 
 def test_heads_loss_gives_no_part_gradient_without_part_labels():
-    from personseg.losses import HeadsLoss
+    from personseg.losses import HeadsLoss, heatmap_focal_loss
 
     torch.manual_seed(0)
     part_logits = torch.randn(2, 6, 8, 8, requires_grad=True)
-    heatmaps = torch.rand(2, 17, 2, 2, requires_grad=True)
+    heatmaps = torch.randn(2, 17, 2, 2, requires_grad=True)
     labels = torch.full((2, 8, 8), 255)
     labels[0, :4] = 3  # sample 0 has part labels in its top half only
     target = torch.zeros(2, 17, 2, 2)
@@ -243,6 +243,17 @@ def test_heads_loss_gives_no_part_gradient_without_part_labels():
     expected = torch.nn.functional.cross_entropy(part_logits[0, :, :4].permute(1, 2, 0).reshape(-1, 6),
                                                  torch.full((32,), 3))
     torch.testing.assert_close(terms["parts"], expected.detach())
-    torch.testing.assert_close(terms["keypoints"], ((heatmaps[1] - target[1]) ** 2).sum().detach())
+    # the focal loss by hand: one peak pixel, the other 67 pixels of sample 1 negatives with target 0
+    p = torch.sigmoid(heatmaps[1].detach()).clamp(1e-4, 1 - 1e-4)
+    peak = -(1 - p[5, 1, 1]) ** 2 * torch.log(p[5, 1, 1])
+    rest = -(p ** 2 * torch.log(1 - p)).sum() + p[5, 1, 1] ** 2 * torch.log(1 - p[5, 1, 1])
+    torch.testing.assert_close(terms["keypoints"], peak + rest)
+    peaks = torch.eye(2)[None, None]
+    right = heatmap_focal_loss(torch.where(peaks > 0, 9.0, -9.0), peaks, torch.ones(1, 1, 2, 2))
+    wrong = heatmap_focal_loss(torch.where(peaks > 0, -9.0, 9.0), peaks, torch.ones(1, 1, 2, 2))
+    assert right < 1e-3 and wrong > 8
     empty = HeadsLoss()(part_logits, heatmaps, torch.full((2, 8, 8), 255), target, torch.zeros(2, 1, 2, 2))[1]
     assert empty["parts"] == 0 and empty["keypoints"] == 0
+    # class weights: a rare class counts more
+    weighted = HeadsLoss(class_weights=[1, 1, 1, 4, 1, 1])(part_logits, heatmaps, labels, target, weight)[1]
+    torch.testing.assert_close(weighted["parts"], terms["parts"])  # only class 3 is labelled: the same mean

@@ -32,6 +32,8 @@ class Heads(nn.Module):
         self.parts = nn.Sequential(DepthwiseSeparable(width, width), nn.Conv2d(width, num_parts, 1))
         self.keypoints = nn.Sequential(DepthwiseSeparable(width, width), DepthwiseSeparable(width, width),
                                        nn.Conv2d(width, num_keypoints, 1))
+        # heatmaps are logits of a focal loss: start where a joint is rare (CenterNet's prior, p = 0.1)
+        nn.init.constant_(self.keypoints[-1].bias, -2.19)
 
     def forward(self, s16: torch.Tensor, s8: torch.Tensor, s4: torch.Tensor, size: tuple[int, int]):
         up = lambda t: F.interpolate(t, size=s4.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
