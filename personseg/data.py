@@ -106,6 +106,29 @@ def screen_pairs(mask_dir: Path, pairs: list[tuple[Path, Path]]) -> list[tuple[P
     return [pair for pair in pairs if pair in usable]
 
 
+def readable(paths: list[Path], where: str) -> list[Path]:
+    """The files of `paths` whose image header opens (once per list), the others named in one warning:
+    one corrupt photo skips itself instead of stopping a training hours in."""
+    key = (where, len(paths))
+    if key not in _readable:
+        bad = []
+        for path in paths:
+            try:
+                with Image.open(path):
+                    pass
+            except (OSError, SyntaxError, ValueError):
+                bad.append(path)
+        if bad:
+            shown = ", ".join(p.name for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            warnings.warn(f"{where}: skipping {len(bad)} unreadable image{'s' if len(bad) != 1 else ''}: {shown}",
+                          stacklevel=2)
+        _readable[key] = set(bad)
+    return [p for p in paths if p not in _readable[key]]
+
+
+_readable: dict[tuple[str, int], set[Path]] = {}
+
+
 def report_mask_sizes(mask_dir: Path, pairs: list[tuple[Path, Path]]) -> int:
     """Count masks whose size differs from their image (same aspect ratio; headers only), warning once per folder."""
     screen_pairs(mask_dir, pairs)
@@ -279,6 +302,8 @@ class CocoPersons(SegDataset):
         self.cat_ids = self.coco.getCatIds(catNms=["person"])
         ids = sorted(self.coco.getImgIds(catIds=self.cat_ids), key=lambda i: self.coco.imgs[i]["file_name"])
         ids = split_items(ids, split, val_every)
+        ok = set(readable([self.images_dir / self.coco.imgs[i]["file_name"] for i in ids], str(self.images_dir)))
+        ids = [i for i in ids if self.images_dir / self.coco.imgs[i]["file_name"] in ok]
         self.ids = ids[:limit] if limit else ids
 
     def __len__(self) -> int:
@@ -415,11 +440,13 @@ class CopyPaste(SegDataset):
             self.coco = COCO(str(annotation_json))
         cat_ids = self.coco.getCatIds(catNms=["person"])
         ids = sorted(self.coco.getImgIds(catIds=cat_ids), key=lambda i: self.coco.imgs[i]["file_name"])
-        self.instances = [ann for img_id in split_items(ids, split, val_every)
+        ids = split_items(ids, split, val_every)
+        ok = set(readable([self.images_dir / self.coco.imgs[i]["file_name"] for i in ids], str(self.images_dir)))
+        self.instances = [ann for img_id in ids if self.images_dir / self.coco.imgs[img_id]["file_name"] in ok
                           for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=img_id, catIds=cat_ids))
                           if not ann.get("iscrowd", 0) and ann["area"] >= min_area]
-        self.backgrounds = [p for folder in backgrounds for p in split_items(list_images(Path(folder)), split,
-                                                                              val_every)]
+        self.backgrounds = [p for folder in backgrounds
+                            for p in readable(split_items(list_images(Path(folder)), split, val_every), str(folder))]
         if not self.instances or not self.backgrounds:
             raise ValueError(f"{source}: needs COCO person instances of area >= {min_area} and background "
                              f"photos; found {len(self.instances)} and {len(self.backgrounds)}")

@@ -400,3 +400,23 @@ def test_eval_split_follows_val_every_and_split_csv(tmp_path):
     assert stems("val") == ["09"] and stems("val", val_every=4) == ["03", "07", "11"]
     assert "00" not in stems("train") and "01" in stems("train")
     assert stems("train") == [p.stem for p, _ in FolderPairs(tmp_path, "train", (8, 8)).pairs]
+
+
+def test_a_corrupt_coco_photo_or_background_is_skipped_with_a_warning(tmp_path):
+    (tmp_path / "coco").mkdir()
+    root = write_coco(tmp_path / "coco")
+    (root / "images" / "b.jpg").write_bytes(b"not a jpeg")
+    data._readable.clear()
+    with pytest.warns(UserWarning, match="skipping 1 unreadable image: b.jpg"):
+        ds = CocoPersons(root / "images", root / "instances.json", "val", SIZE, val_every=1)
+    assert [ds.coco.imgs[i]["file_name"] for i in ds.ids] == ["a.jpg"]
+    check_sample(ds[0])
+    backgrounds = tmp_path / "backgrounds"
+    backgrounds.mkdir()
+    cv2.imwrite(str(backgrounds / "good.png"), np.zeros((50, 70, 3), np.uint8))
+    (backgrounds / "bad.png").write_bytes(b"\x89PNG broken")
+    with pytest.warns(UserWarning, match="bad.png"):
+        paste = CopyPaste(root / "images", root / "instances.json", [backgrounds], length=2, split="val",
+                          val_every=1, size=SIZE, min_area=100)
+    assert [p.name for p in paste.backgrounds] == ["good.png"]
+    check_sample(paste[0])
