@@ -155,14 +155,12 @@ def landmark_scores(model_name: str, data: Path, split: str, limit: int | None, 
             found[name] = fn(rgb)
             ms[name].append((time.perf_counter() - start) * 1000)
             results[name] += to_coco(found[name], image_id=image_id)
-            c, n = pck(truth, found[name])
-            counts[name][0] += c
-            counts[name][1] += n
-        if pose and found["mediapipe_pose"]:
-            for name in peers:
-                c, n = pck(truth, found[name])
-                handled[name][0] += c
-                handled[name][1] += n
+        mediapipe_found = bool(pose and found["mediapipe_pose"])
+        for name, people in found.items():
+            c, n = pck(truth, people)
+            for tally in [counts[name], handled[name]] if mediapipe_found else [counts[name]]:
+                tally[0] += c
+                tally[1] += n
     if pose:
         pose.close()
     labelled = [a for i in ids for a in coco.loadAnns(coco.getAnnIds(imgIds=i, iscrowd=False)) if a.get("num_keypoints")]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
 import platform
 import statistics
@@ -174,9 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every model (default: 2)")
     parser.add_argument("--speed-runs", type=int, default=10,
                         help="timed calls per model and size (default: 10); 0 skips the speed table")
+    parser.add_argument("--landmarks", metavar="MODEL",
+                        help="instead: a multi-task model's landmarks (e.g. parts) beside MediaPipe Pose on coco's "
+                             "--split (OKS AP, PCK@0.1; benchmarks/parts_landmarks.py does the scoring)")
     args = parser.parse_args(argv)
     if args.setup:
         setup(args.python, args.venv)
+        return 0
+    if args.landmarks:
+        from parts_landmarks import landmark_scores
+
+        if not venv_python(args.venv).exists():
+            parser.error(f"no MediaPipe venv at {args.venv}: {SETUP_HINT}")
+        print(f"# benchmarks/peers.py --landmarks {args.landmarks}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+              f"split {args.split}")
+        print(json.dumps(landmark_scores(args.landmarks, Path(args.data), args.split, args.limit or None, True), indent=1))
         return 0
     names, folders = args.models.split(","), args.folders.split(",")
     unknown = [n for n in names if n not in MODELS]

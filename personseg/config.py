@@ -248,13 +248,11 @@ def _set(cfg: Any, key: str, value: Any) -> None:
         if value is None and not last.isdigit():  # data.sources.NAME: null drops that source
             del obj[_index(obj, last, done)]
             return
-        if done == ["data", "sources"] and not last.isdigit():  # data.sources.NAME={field: value, ...}
-            if last not in [s.name for s in obj]:
-                obj.append(SourceConfig(name=last))  # a new name adds a source
-            if isinstance(value, dict):  # patches the named source's fields, as a YAML mapping does
-                for field_name, field_value in value.items():
-                    _set(obj[_index(obj, last, done)], field_name, field_value)
-                return
+        if done == ["data", "sources"] and not last.isdigit() and isinstance(value, dict):
+            source = obj[_named_source(obj, last)]  # data.sources.NAME={field: value, ...} patches (or adds) it
+            for field_name, field_value in value.items():
+                _set(source, field_name, field_value)
+            return
         index = _index(obj, last, done)
         obj[index] = _coerce(value, type(obj[index]), key)
         return
@@ -266,14 +264,23 @@ def _set(cfg: Any, key: str, value: Any) -> None:
 
 def _child(obj: Any, part: str, done: list[str]) -> Any:
     if isinstance(obj, list):
-        if done == ["data", "sources"] and not part.isdigit() and part not in [s.name for s in obj]:
-            obj.append(SourceConfig(name=part))  # a source by a new name: its fields follow
+        if done == ["data", "sources"] and not part.isdigit():
+            return obj[_named_source(obj, part)]
         return obj[_index(obj, part, done)]
     if isinstance(obj, dict):
         return obj.setdefault(part, {})
     if part not in _hints(type(obj)):
         raise KeyError(_unknown(part, obj, done))
     return getattr(obj, part)
+
+
+def _named_source(sources: list, name: str) -> int:
+    """The position of the source called `name`, appending a new SourceConfig of that name if none is."""
+    names = [s.name for s in sources]
+    if name not in names:
+        sources.append(SourceConfig(name=name))
+        return len(sources) - 1
+    return names.index(name)
 
 
 def _index(obj: list, part: str, done: list[str]) -> int:

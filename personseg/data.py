@@ -107,26 +107,24 @@ def screen_pairs(mask_dir: Path, pairs: list[tuple[Path, Path]]) -> list[tuple[P
 
 
 def readable(paths: list[Path], where: str) -> list[Path]:
-    """The files of `paths` whose image header opens (once per list), the others named in one warning:
-    one corrupt photo skips itself instead of stopping a training hours in."""
-    key = (where, len(paths))
-    if key not in _readable:
-        bad = []
-        for path in paths:
-            try:
-                with Image.open(path):
-                    pass
-            except (OSError, SyntaxError, ValueError):
-                bad.append(path)
-        if bad:
-            shown = ", ".join(p.name for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            warnings.warn(f"{where}: skipping {len(bad)} unreadable image{'s' if len(bad) != 1 else ''}: {shown}",
-                          stacklevel=2)
-        _readable[key] = set(bad)
-    return [p for p in paths if p not in _readable[key]]
+    """The files of `paths` whose image header opens, the others named in one warning: one corrupt
+    photo skips itself instead of stopping a training hours in. Each file's header is read once."""
+    fresh = [p for p in paths if p not in _opens]
+    for path in fresh:
+        try:
+            with Image.open(path):
+                _opens[path] = True
+        except (OSError, SyntaxError, ValueError):
+            _opens[path] = False
+    bad = [p for p in fresh if not _opens[p]]
+    if bad:
+        shown = ", ".join(p.name for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(f"{where}: skipping {len(bad)} unreadable image{'s' if len(bad) != 1 else ''}: {shown}",
+                      stacklevel=2)
+    return [p for p in paths if _opens[p]]
 
 
-_readable: dict[tuple[str, int], set[Path]] = {}
+_opens: dict[Path, bool] = {}  # image path -> whether its header opens (readable's memory)
 
 
 def report_mask_sizes(mask_dir: Path, pairs: list[tuple[Path, Path]]) -> int:

@@ -190,9 +190,8 @@ def check_parity(model: nn.Module, onnx_path: str | Path, sizes=CHECK_SIZES, see
                 second, next_state = model(x.flip(-1), state)
                 expected = [first, *state, second, *next_state]
                 got = _flat(session(x)) + _flat(session(x.flip(-1), state))  # both continue from torch's state
-            elif len(heads_of(model)) > 1:
-                expected = list(model(x))
-                got = [torch.from_numpy(o) for o in session.session.run(None, {session.input_names[0]: x.numpy()})]
+            elif len(heads_of(model)) > 1:  # multi-task: every head
+                expected, got = list(model(x)), list(session(x))
             else:
                 expected, got = [model(x)], [session(x)]
         for e, g in zip(expected, got):

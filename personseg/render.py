@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 
 from personseg.imageio import read_image
+from personseg.keypoints import COCO_KEYPOINTS, draw_skeleton, to_coco
+from personseg.parts import colorize
 
 COLORS = {
     "white": (255, 255, 255),
@@ -191,8 +193,6 @@ class HeadOutput(NamedTuple):
 
 
 def _landmarks_json(people: list[dict]) -> str:
-    from personseg.keypoints import COCO_KEYPOINTS, to_coco
-
     return json.dumps({"keypoints": list(COCO_KEYPOINTS), "people": to_coco(people)}, indent=1) + "\n"
 
 
@@ -201,26 +201,14 @@ HEAD_OUTPUTS: dict[str, HeadOutput] = {
     "parts": HeadOutput(lambda rgb, p: p["parts"], "_parts.png",
                         "body-part classes, one byte a pixel: 0 background, 1 hair, 2 face-skin, 3 body-skin, "
                         "4 clothes, 5 accessories"),
-    "parts_color": HeadOutput(lambda rgb, p: parts_picture(p["parts"]), "_parts_color.png",
+    "parts_color": HeadOutput(lambda rgb, p: colorize(p["parts"]), "_parts_color.png",
                               "the part map in colour (legend: personseg segment --help)"),
     "landmarks": HeadOutput(lambda rgb, p: _landmarks_json(p["people"]), "_landmarks.json",
                             "17 COCO keypoints per person: [x, y, v] * 17 in pixels, v = 2 seen, 0 not found"),
-    "skeleton": HeadOutput(lambda rgb, p: draw_people(rgb, p["people"]), "_skeleton.jpg",
+    "skeleton": HeadOutput(lambda rgb, p: draw_skeleton(rgb, p["people"]), "_skeleton.jpg",
                            "the picture with each person's skeleton drawn"),
 }
 HEAD_GROUPS = {"parts": ("parts", "parts_color"), "landmarks": ("landmarks", "skeleton")}
-
-
-def parts_picture(parts: np.ndarray) -> np.ndarray:
-    from personseg.parts import colorize
-
-    return colorize(parts)
-
-
-def draw_people(rgb: np.ndarray, people: list[dict]) -> np.ndarray:
-    from personseg.keypoints import draw_skeleton
-
-    return draw_skeleton(rgb, people)
 
 
 def suffix_of(kind: str) -> str:

@@ -406,7 +406,7 @@ def test_a_corrupt_coco_photo_or_background_is_skipped_with_a_warning(tmp_path):
     (tmp_path / "coco").mkdir()
     root = write_coco(tmp_path / "coco")
     (root / "images" / "b.jpg").write_bytes(b"not a jpeg")
-    data._readable.clear()
+    data._opens.clear()
     with pytest.warns(UserWarning, match="skipping 1 unreadable image: b.jpg"):
         ds = CocoPersons(root / "images", root / "instances.json", "val", SIZE, val_every=1)
     assert [ds.coco.imgs[i]["file_name"] for i in ds.ids] == ["a.jpg"]

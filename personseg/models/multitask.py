@@ -55,12 +55,8 @@ class MultiTaskUNet(UNetMobileNet):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, (h, w) = pad_to_multiple(x, self.stride)
-        features = self.features(x)
-        y, levels = features[-1], []
-        for block, skip in zip(self.decoder.blocks, features[-2::-1]):
-            y = block(y, skip)
-            levels.append(y)  # strides 16, 8, 4, 2
-        logits = self.head(self.decoder.final_up(y))
+        levels = self.decoder.levels(self.features(x))  # strides 16, 8, 4, 2
+        logits = self.head(self.decoder.final_up(levels[-1]))
         parts, heatmaps = self.heads(levels[0], levels[1], levels[2], x.shape[-2:])
         hk, wk = (h + STRIDE - 1) // STRIDE, (w + STRIDE - 1) // STRIDE  # ceil; ONNX integer division truncates
         return logits[..., :h, :w], parts[..., :h, :w], heatmaps[..., :hk, :wk]

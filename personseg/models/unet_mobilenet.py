@@ -44,11 +44,16 @@ class UNetDecoder(nn.Module):
             nn.ReLU(inplace=True),
         )
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        x = features[-1]
+    def levels(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The UpBlocks' outputs, at strides 16, 8, 4 and 2 (the multi-task heads read the first three)."""
+        x, out = features[-1], []
         for block, skip in zip(self.blocks, features[-2::-1]):
             x = block(x, skip)
-        return self.final_up(x)
+            out.append(x)
+        return out
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.final_up(self.levels(features)[-1])
 
 
 class UNetMobileNet(nn.Module):
