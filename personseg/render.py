@@ -40,9 +40,21 @@ def soft_alpha(alpha: np.ndarray) -> np.ndarray:
     return np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def cutout(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """(H, W, 4) RGBA: the photo with the soft alpha as its transparency."""
-    return np.dstack([rgb, soft_alpha(alpha)])
+def cutout(rgb: np.ndarray, alpha: np.ndarray, foreground: bool = True) -> np.ndarray:
+    """(H, W, 4) RGBA: the person's colours with the soft alpha as transparency. `foreground`: the colours
+    are the person's own estimated where alpha is fractional (`matting.estimate_foreground`), so the
+    cut-out carries no rim of the old background; False keeps the photo's."""
+    return np.dstack([person_colours(rgb, alpha) if foreground else rgb, soft_alpha(alpha)])
+
+
+def person_colours(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: the photo with the person's own colour (Blur-Fusion) wherever 0 < alpha < 1."""
+    from personseg.matting import estimate_foreground
+
+    soft = (alpha > 1 / 512) & (alpha < 1 - 1 / 512)
+    if not soft.any():
+        return rgb
+    return np.where(soft[..., None], estimate_foreground(rgb, alpha), rgb)
 
 
 def overlay(
@@ -78,9 +90,11 @@ def checkerboard(height: int, width: int, cell: int | None = None) -> np.ndarray
     return np.where(light, 255, 204).astype(np.uint8).repeat(3, axis=2)
 
 
-def replace_background(rgb: np.ndarray, alpha: np.ndarray, background: Background) -> np.ndarray:
+def replace_background(rgb: np.ndarray, alpha: np.ndarray, background: Background,
+                       foreground: bool = True) -> np.ndarray:
     """(H, W, 3) RGB: the person composited with the soft alpha onto `background`: an RGB colour, an image
-    (resized to cover and centre-cropped) or "blur" (the photo's own background, strongly blurred)."""
+    (resized to cover and centre-cropped) or "blur" (the photo's own background, strongly blurred).
+    `foreground`: the person's estimated own colours at the soft edge (`person_colours`), not the photo's."""
     height, width = rgb.shape[:2]
     if isinstance(background, str):
         if background != "blur":
@@ -91,7 +105,8 @@ def replace_background(rgb: np.ndarray, alpha: np.ndarray, background: Backgroun
     else:
         back = np.broadcast_to(np.asarray(background, np.float64), rgb.shape)
     a = np.clip(alpha, 0.0, 1.0)[..., None]
-    return np.round(rgb * a + back * (1.0 - a)).astype(np.uint8)
+    person = person_colours(rgb, alpha) if foreground else rgb
+    return np.round(person * a + back * (1.0 - a)).astype(np.uint8)
 
 
 def cover(image: np.ndarray, height: int, width: int) -> np.ndarray:

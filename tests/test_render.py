@@ -28,8 +28,25 @@ def test_cutout_alpha_is_soft_alpha(photo):
     rgb, alpha = photo
     out = render.cutout(rgb, alpha)
     assert out.shape == (30, 40, 4) and out.dtype == np.uint8
-    assert (out[..., :3] == rgb).all()
+    opaque_or_clear = (alpha == 0) | (alpha == 1)
+    assert (out[opaque_or_clear][:, :3] == rgb[opaque_or_clear]).all()
+    assert (out[alpha == 0.5][:, :3] != rgb[alpha == 0.5]).any()  # the soft column: estimated colours
     assert (out[..., 3] == render.soft_alpha(alpha)).all()
+    assert (render.cutout(rgb, alpha, foreground=False)[..., :3] == rgb).all()
+
+
+def test_cut_out_on_a_new_background_has_no_rim_of_the_old_one():
+    """A red person with a soft edge shot on green, moved onto blue: with the estimated foreground the
+    edge is red over blue, as a true composite; with the photo's colours it keeps a green rim."""
+    w = 80
+    alpha = np.clip((np.arange(w, dtype=np.float32) - 30) / 10, 0, 1)[None].repeat(40, 0)
+    red, green, blue = (np.array(c, np.float32) for c in ((220, 30, 30), (30, 200, 40), (20, 20, 220)))
+    shot = np.round(alpha[..., None] * red + (1 - alpha[..., None]) * green).astype(np.uint8)
+    truth = alpha[..., None] * red + (1 - alpha[..., None]) * blue
+    band = (alpha > 0.05) & (alpha < 0.95)
+    error = {fg: np.abs(render.replace_background(shot, alpha, (20, 20, 220), foreground=fg) - truth)[band].mean()
+             for fg in (True, False)}
+    assert error[False] > 15 and error[True] < 0.2 * error[False], error  # measured 22.7 and 1.5
 
 
 def test_overlay_and_compare_shapes(photo):
