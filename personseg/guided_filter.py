@@ -33,7 +33,7 @@ def default_radius(h: int, w: int) -> int:
 
 
 def area_downsample(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (h, w, 3) float64 in [0, 1]: the mean of each output pixel's source cells, the
+    """(H, W, 3) uint8 -> (h, w, 3) float32 in [0, 1]: the mean of each output pixel's source cells, the
     cells of torch's `F.interpolate(mode="area")` (adaptive average pooling: rows floor(i H / h) to
     ceil((i + 1) H / h)). Exact integer sums from `cv2.integral`, so it matches the torch filter;
     cv2.INTER_AREA weighs cut cells fractionally and moves A, which eps = 1e-5 makes sensitive."""
@@ -45,7 +45,7 @@ def area_downsample(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
     rows = S[y1] - S[y0]  # (h, W + 1, 3): the cells' row sums, separable
     sums = rows[:, x1] - rows[:, x0]
     count = (y1 - y0)[:, None] * (x1 - x0)[None, :] * 255.0
-    return sums / count[..., None]
+    return (sums / count[..., None]).astype(np.float32)
 
 
 class _Planes:
@@ -78,12 +78,13 @@ def coefficients(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.n
     """Steps 1-4 of Algorithm 1 for the colour guide: guide (h, w, 3) in [0, 1], src (h, w) ->
     box-averaged (A_r, A_g, A_b, b) as (4, h, w) float64, with q = A . I + b.
 
-    In float64: at the model's resolution it costs little more than float32, and with eps = 1e-5 the
-    cancellation in E[Ip] - E[I]E[p] over flat areas cost float32 up to 3e-3 of alpha on real photos
-    (the torch filter in float32 has that error; this one stays within 1e-6 of exact)."""
+    In float64: at the model's resolution it costs little more than float32 (float32 on centered inputs
+    was 1/4 faster, but a box mean stored in float32 carries ~1e-8 of rounding, which the division by
+    a flat patch's variance + eps = 1e-5 amplifies to over 1e-3 of alpha on a few pixels of real photos;
+    the torch filter in float32 has that error; this one stays within 1e-6 of exact)."""
     h, w = src.shape
     # The filter commutes with shifting I and p, so center them (a constant src stays exactly constant).
-    center_I = guide.reshape(-1, 3).mean(0)
+    center_I = guide.reshape(-1, 3).mean(0, dtype=np.float64)
     center_p = float(src.mean(dtype=np.float64))
     first = _Planes(13, h, w, r)
     P = first.planes
@@ -118,13 +119,14 @@ def coefficients(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.n
 
 
 def refine_alpha(image_rgb_uint8: np.ndarray, alpha_lr: np.ndarray, r: int | None = None,
-                 eps: float = 1e-5) -> np.ndarray:
+                 eps: float = 1e-5, guide_lr: np.ndarray | None = None) -> np.ndarray:
     """Upsample a low-resolution alpha to the image's size along the image's edges.
 
     image_rgb_uint8 (H, W, 3) uint8, alpha_lr (h, w) float in [0, 1] -> (H, W) float32 in [0, 1].
     r is in alpha_lr pixels, default default_radius(h, w). eps = 1e-5 scored best with 1e-6 in the
     sweep (1e-3 and 1e-4 worse). Measured on real photos, this beat bilinear upsampling only on
-    portraits: see benchmarks/README.md.
+    portraits: see benchmarks/README.md. `guide_lr`: the photo already `area_downsample`d to (h, w)
+    (the predictor makes its model input from it, so the photo is downsampled once).
 
     Cost: the solve runs at (h, w); at full size only a 4-channel bilinear resize, a multiply and a
     channel sum, all OpenCV (the 1/255 of the guide is folded into A, the 1 into an alpha channel).
@@ -132,14 +134,25 @@ def refine_alpha(image_rgb_uint8: np.ndarray, alpha_lr: np.ndarray, r: int | Non
     if image_rgb_uint8.ndim != 3 or image_rgb_uint8.shape[2] != 3 or alpha_lr.ndim != 2:
         raise ValueError(f"expected image (H, W, 3) and alpha (h, w), got {image_rgb_uint8.shape} "
                          f"and {alpha_lr.shape}; stack gray images to 3 channels")
-    H, W = image_rgb_uint8.shape[:2]
     h, w = alpha_lr.shape
     r = default_radius(h, w) if r is None else r
     rgb = np.ascontiguousarray(image_rgb_uint8, dtype=np.uint8)
-    coef = coefficients(area_downsample(rgb, h, w), np.asarray(alpha_lr, np.float64), r, eps)
-    # (h, w, 4), with 1/255 folded in: A applies to the uint8 photo directly, b to an alpha channel of 255s
-    coef = cv2.merge(list((coef * (1 / 255)).astype(np.float32)))
-    up = cv2.resize(coef, (W, H), interpolation=cv2.INTER_LINEAR)  # = torch bilinear, align_corners=False
-    rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
-    q = cv2.transform(cv2.multiply(up, rgba, dtype=cv2.CV_32F), np.ones((1, 4), np.float32))
+    guide = area_downsample(rgb, h, w) if guide_lr is None else guide_lr
+    coef = coefficients(guide, np.asarray(alpha_lr, np.float32), r, eps)
+    return apply_coefficients(rgb, coef)
+
+
+def apply_coefficients(rgb: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """The full-resolution step of the fast guided filter: (A_r, A_g, A_b, b) (4, h, w) for a guide in
+    [0, 1], bilinearly upsampled to the size of `rgb` (H, W, 3) uint8 and applied: (H, W) float32 alpha
+    A . I + b clipped to [0, 1]. Shared by the analytic filter and the trained one (`DeepRefiner`)."""
+    H, W = rgb.shape[:2]
+    # Plane by plane (a 4-channel multiply and cv2.transform took twice as long): b first, then each
+    # A_c times its uint8 colour plane accumulated into it; 1/255 is folded into A (= torch bilinear,
+    # align_corners=False, for the resizes).
+    A = np.asarray(coef, np.float32) * np.float32(1 / 255)
+    up = lambda plane: cv2.resize(plane, (W, H), interpolation=cv2.INTER_LINEAR)  # noqa: E731
+    q = up(np.ascontiguousarray(A[3])) * np.float32(255)
+    for c, plane in enumerate(cv2.split(np.ascontiguousarray(rgb, dtype=np.uint8))):
+        cv2.accumulateProduct(up(np.ascontiguousarray(A[c])), plane.astype(np.float32), q)
     return np.clip(q, 0, 1, out=q)

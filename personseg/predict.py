@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 
 from personseg.extras import TRAIN_EXTRA, MissingExtraError
+from personseg.guided_filter import area_downsample
+from personseg.refiner import refine_mode
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "accurate"
@@ -61,14 +63,30 @@ def model_size(height: int, width: int, input_size: tuple[int, int]) -> tuple[in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def preprocess(images: list[np.ndarray], size: tuple[int, int], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Same-size HxWx3 uint8 RGB images -> (N, 3, h, w) float32 C-contiguous model input: resized to
-    `size` = (h, w) with INTER_AREA, then (x - mean) / std with mean and std in 0-255 units."""
+def downsample(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """Same-size HxWx3 uint8 RGB images -> (N, h, w, 3) float32 in [0, 1] at `size` = (h, w). Shrinking
+    takes each pixel's box mean (`guided_filter.area_downsample`, torch's area interpolation), which is
+    also the guided filter's low-resolution guide: the predictor downsamples a photo once for both.
+    Enlarging (photos under the pixel budget) is bilinear."""
     h, w = size
-    batch = np.stack([cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) for rgb in images])
-    scale = (1 / np.asarray(std, np.float32)).astype(np.float32)
-    x = (batch.astype(np.float32) - np.asarray(mean, np.float32)) * scale
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if h <= images[0].shape[0] and w <= images[0].shape[1]:
+        return np.stack([area_downsample(rgb, h, w) for rgb in images])
+    batch = np.stack([cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR) for rgb in images])
+    return batch.astype(np.float32) * np.float32(1 / 255)
+
+
+def normalize(small: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(N, h, w, 3) float32 in [0, 1] -> (N, 3, h, w) float32 C-contiguous model input (x * 255 - mean) / std,
+    mean and std in 0-255 units."""
+    std = np.asarray(std, np.float32)
+    x = (small - np.asarray(mean, np.float32) / 255) * (255 / std)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def preprocess(images: list[np.ndarray], size: tuple[int, int], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Same-size HxWx3 uint8 RGB images -> (N, 3, h, w) float32 model input at `size` = (h, w)
+    (`downsample`, then `normalize`)."""
+    return normalize(downsample(images, size), mean, std)
 
 
 @dataclass(frozen=True)
@@ -182,6 +200,7 @@ class Predictor:
         self.spec = spec
         self.threshold = float(threshold)
         self.refine, self.tta, self.keep = refine, tta, keep
+        self.refiner = None  # a trained refiner.DeepRefiner, attached by load() for shipped models
         self.info = info or {}
 
     @property
@@ -247,9 +266,9 @@ class Predictor:
         for (h, w), indices in by_size.items():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start:start + batch_size]
-                probs, _ = self._forward([images[i] for i in chunk], self.spec.model_size(h, w))
-                for i, prob in zip(chunk, probs):
-                    results[i] = self._finish(images[i], prob)
+                probs, _, smalls = self._forward([images[i] for i in chunk], self.spec.model_size(h, w))
+                for i, prob, small in zip(chunk, probs, smalls):
+                    results[i] = self._finish(images[i], prob, small)
         return results
 
     @property
@@ -273,8 +292,8 @@ class Predictor:
                              "model, or a multitask_unet_mobilenet_v2 checkpoint")
         _check_images([rgb])
         size = self.spec.model_size(*rgb.shape[:2])
-        prob, heads = self._forward([rgb], size)
-        alpha = self._finish(rgb, prob[0])
+        prob, heads, small = self._forward([rgb], size)
+        alpha = self._finish(rgb, prob[0], small[0])
         part_logits, heatmaps = (np.asarray(h, np.float32)[0] for h in heads)
         heatmaps = sigmoid(heatmaps)  # the head's logits (trained with a focal loss) -> peak probabilities
         person = alpha >= self.threshold
@@ -299,14 +318,16 @@ class Predictor:
         _check_images([rgb])
         size = self.spec.model_size(*rgb.shape[:2])
         tensors = state.tensors if state is not None and state.size == size else None
-        probs, tensors = self._forward([rgb], size, tensors)
-        return self._finish(rgb, probs[0]), StepState(size, tensors)
+        probs, tensors, small = self._forward([rgb], size, tensors)
+        return self._finish(rgb, probs[0], small[0]), StepState(size, tensors)
 
-    def _forward(self, images: list[np.ndarray], size: tuple[int, int], state=None) -> tuple[np.ndarray, list | None]:
-        """Low-resolution probabilities (N, h, w) float32, and a recurrent model's new state or a
-        multi-task model's other heads (part logits, heatmaps; of the plain images), else None.
-        With `tta` the mirror images run in the same batch (and, recurrent, carry their own state)."""
-        x, heads = self.spec.preprocess(images, size), None
+    def _forward(self, images: list[np.ndarray], size: tuple[int, int], state=None) -> tuple:
+        """Low-resolution probabilities (N, h, w) float32; a recurrent model's new state or a multi-task
+        model's other heads (part logits, heatmaps; of the plain images), else None; and the images
+        downsampled to `size` ((N, h, w, 3) in [0, 1], the guided filter's guides). With `tta` the
+        mirror images run in the same batch (and, recurrent, carry their own state)."""
+        small, heads = downsample(images, size), None
+        x = normalize(small, self.mean, self.std)
         if self.tta:
             x = np.concatenate([x, x[..., ::-1]])
         if self.recurrent:
@@ -319,21 +340,27 @@ class Predictor:
         if self.tta:
             plain, mirrored = np.split(prob, 2)
             prob = (plain + mirrored[..., ::-1]) * np.float32(0.5)
-        return prob, state if self.recurrent else heads
+        return prob, state if self.recurrent else heads, small
 
-    def _finish(self, rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
-        """A low-resolution probability -> the alpha of `rgb`: upsampled, then `keep` applied."""
-        alpha = self.upsample(rgb, prob)
+    def _finish(self, rgb: np.ndarray, prob: np.ndarray, small: np.ndarray | None = None) -> np.ndarray:
+        """A low-resolution probability -> the alpha of `rgb`: upsampled (`small`: `rgb` downsampled to
+        the probability's size, see `downsample`), then `keep` applied."""
+        alpha = self.upsample(rgb, prob, small)
         return keep_largest(alpha, self.threshold) if self.keep == "largest" else alpha
 
-    def upsample(self, rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
-        """A low-resolution probability (h, w) back to the size of `rgb`: guided filter or bilinear."""
+    def upsample(self, rgb: np.ndarray, prob: np.ndarray, small: np.ndarray | None = None) -> np.ndarray:
+        """A low-resolution probability (h, w) back to the size of `rgb`: guided filter or bilinear.
+        `small`: `rgb` as `downsample` made it for the model, reused as the filter's guide when shrunk."""
         h, w = rgb.shape[:2]
         if prob.shape == (h, w):
             return np.ascontiguousarray(prob)
-        if self.refine:
+        mode = refine_mode(self.refine)  # "auto" is the trained refiner when one is attached
+        if mode != "none":
             from personseg.guided_filter import refine_alpha
-            return refine_alpha(rgb, prob)
+            shrunk = small is not None and prob.shape[0] <= h and prob.shape[1] <= w
+            if self.refiner is not None and mode in ("auto", "deep"):
+                return self.refiner(rgb, prob, small if shrunk else None)
+            return refine_alpha(rgb, prob, guide_lr=small if shrunk else None)
         return np.clip(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)
 
 
@@ -392,7 +419,20 @@ def _load_shipped(name: str, device, refine, tta, keep, threshold, backend: str,
     return predictor
 
 
-def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool = True,
+def _with_refiner(predictor: Predictor, model_file: Path, refine, threads, spinning) -> Predictor:
+    """Attach the trained refiner shipped beside `model_file` (refine "auto" or "deep"; "deep" needs one)."""
+    from personseg.refiner import shipped_refiner
+
+    mode = refine_mode(refine)
+    if mode in ("auto", "deep"):
+        predictor.refiner = shipped_refiner(model_file, threads, spinning)
+        if predictor.refiner is None and mode == "deep":
+            raise FileNotFoundError(f"refine='deep': no trained refiner {model_file.stem}_refiner.onnx in "
+                                    f"{WEIGHTS_DIR}; use refine='guided' or train one with scripts/train_refiner.py")
+    return predictor
+
+
+def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool | str = True,
          tta: bool | None = None, keep: str = "all", backend: str = "auto", threads: int | None = None,
          spinning: bool = True, threshold: float | None = None) -> Predictor:
     """A predictor from a shipped model's name ("accurate", "fast"; None = the default), an ONNX file
@@ -401,6 +441,9 @@ def load(path_or_name: str | Path | None = None, device: str | None = "cpu", ref
     Shipped models run their ONNX file on ONNX Runtime; `backend="torch"` takes their .pt instead
     (fine-tuning, export). `tta` (mirror-image averaging, see `Predictor`) None: the model's own
     setting. `keep`: "all" people, or the "largest" person region only (picked at the threshold).
+    `refine`: how the low-resolution probability reaches the photo's size: "deep" (the trained guided
+    filter shipped beside the model, personseg/weights/NAME_refiner.onnx), "guided" (the analytic one),
+    "none" (bilinear); True or "auto": deep when the model ships a refiner, else guided; False: none.
     `threshold` None: the model's own. `threads` and `spinning`: ONNX Runtime's intra-op threads
     (default: the usable cores, at most 4) and whether they spin-wait."""
     if backend not in BACKENDS:
@@ -408,7 +451,11 @@ def load(path_or_name: str | Path | None = None, device: str | None = "cpu", ref
     name = str(path_or_name or DEFAULT_MODEL)
     shipped = shipped_models()
     if path_or_name is None or (not Path(name).exists() and name in shipped):
-        return _load_shipped(name, device, refine, tta, keep, threshold, backend, threads, spinning)
+        predictor = _load_shipped(name, device, refine, tta, keep, threshold, backend, threads, spinning)
+        return _with_refiner(predictor, WEIGHTS_DIR / f"{name}.onnx", refine, threads, spinning)
+    if refine_mode(refine) == "deep":
+        raise ValueError(f"refine='deep' needs a shipped model with a trained refiner, not {name}; "
+                         "use refine='guided' (or train one: scripts/train_refiner.py)")
     if name.lower().endswith(".onnx"):
         return Predictor.from_onnx(name, device, refine, threads=threads, tta=tta, keep=keep, spinning=spinning,
                                    threshold=threshold)
