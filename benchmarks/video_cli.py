@@ -1,0 +1,129 @@
+"""`personseg video` as a user runs it: frames/s end to end, and where each frame's time goes.
+
+    python benchmarks/video_cli.py                       # fast and accurate, 854x480 and 1280x720, 270 frames
+    python benchmarks/video_cli.py --models fast --frames 90
+
+Clips: dance-twirl (DATA/video) resized to each size and looped to --frames frames, written as 30 fps
+H.264 (crf 18, veryfast), as a phone or screen recorder would hand them over (not timed).
+
+End to end: `personseg video CLIP -o OUT.mp4 --model M --quiet` in a subprocess with every default
+(background blur, temporal median, batch 4, ORT threads = the usable cores), wall time from start to
+exit, so Python start-up, imports and the model load count as a user feels them; "steady" removes that
+start-up (the same command's time on a 1-frame clip).
+
+Stages, one at a time on the same clip in this process (no overlap): decode (PyAV), segment
+(`Predictor.predict_batch`, batches of 4), render (`render.output("background", ..., "blur")`: blurred
+background and the person's colours) and encode (libx264 through `personseg.video.io.VideoWriter`). Their sum
+against the pipelined end-to-end time shows what the pipeline's threads overlap and what they fight over
+on this machine's cores.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+SIZES = {"480p": (854, 480), "720p": (1280, 720)}
+
+
+def make_clip(frames_dir: Path, size: tuple[int, int], frames: int, path: Path) -> Path:
+    """`frames` frames of the folder's JPEGs, looped and resized to `size`, as a 30 fps H.264 mp4."""
+    files = sorted(frames_dir.glob("*.jpg"))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"crf": "18", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(frames):
+            rgb = cv2.cvtColor(cv2.imread(str(files[i % len(files)])), cv2.COLOR_BGR2RGB)
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def cli_seconds(clip: Path, out: Path, model: str) -> float:
+    """Wall seconds of `personseg video CLIP -o OUT --model MODEL --quiet` (defaults otherwise)."""
+    command = [sys.executable, "-m", "personseg", "video", str(clip), "-o", str(out), "--model", model,
+               "--quiet", "--overwrite"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def stage_ms(clip: Path, model: str, tmp: Path) -> dict[str, float]:
+    """ms per frame of each stage alone, on the clip's frames."""
+    import personseg
+    from personseg import render
+    from personseg.video.io import Frame, FileSource, VideoWriter
+
+    start = time.perf_counter()
+    source = FileSource(clip)
+    frames = [item for item in source if isinstance(item, Frame)]
+    source.close()
+    n = len(frames)
+    times = {"decode": (time.perf_counter() - start) * 1000 / n}
+    predictor = personseg.load(model, spinning=False)  # as `personseg video` loads it
+    predictor.predict_batch([f.rgb for f in frames[:4]])  # warm-up
+    start = time.perf_counter()
+    alphas = []
+    for i in range(0, n, 4):
+        alphas += predictor.predict_batch([f.rgb for f in frames[i:i + 4]], batch_size=4)
+    times["segment"] = (time.perf_counter() - start) * 1000 / n
+    start = time.perf_counter()
+    pictures = [render.output("background", f.rgb, a, predictor.threshold, "blur") for f, a in zip(frames, alphas)]
+    times["render"] = (time.perf_counter() - start) * 1000 / n
+    writer = VideoWriter(tmp / "stage_encode.mp4")
+    start = time.perf_counter()
+    for f, picture in zip(frames, pictures):
+        writer.write(picture, f)
+    writer.close()
+    times["encode"] = (time.perf_counter() - start) * 1000 / n
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("PERSONSEG_DATA", "../shared/data"),
+                        help="the shared data folder (default: $PERSONSEG_DATA or ../shared/data)")
+    parser.add_argument("--models", default="fast,accurate", help="comma-separated (default: fast,accurate)")
+    parser.add_argument("--sizes", default="480p,720p", help=f"comma-separated of {', '.join(SIZES)}")
+    parser.add_argument("--frames", type=int, default=270, help="frames per clip (default: 270, 9 s at 30 fps)")
+    parser.add_argument("--runs", type=int, default=2, help="end-to-end runs per case, median kept (default: 2)")
+    args = parser.parse_args(argv)
+    frames_dir = Path(args.data) / "video" / "dance-twirl" / "frames"
+    if not frames_dir.is_dir():
+        parser.error(f"{frames_dir}: no such folder; pass --data (the shared data folder with video/dance-twirl)")
+    print(f"# python benchmarks/video_cli.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"# {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, "
+          f"load average {os.getloadavg()[0]:.1f} at start")
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(scratch)
+        for label in args.sizes.split(","):
+            size = SIZES[label]
+            clip = make_clip(frames_dir, size, args.frames, tmp / f"{label}.mp4")
+            one = make_clip(frames_dir, size, 1, tmp / f"{label}_1.mp4")
+            for model in args.models.split(","):
+                wall = statistics.median(cli_seconds(clip, tmp / "out.mp4", model) for _ in range(args.runs))
+                startup = cli_seconds(one, tmp / "out1.mp4", model)
+                stages = stage_ms(clip, model, tmp)
+                print(f"{model} {label} ({size[0]}x{size[1]}), {args.frames} frames: end to end "
+                      f"{args.frames / wall:.1f} frames/s ({wall:.2f} s), steady "
+                      f"{(args.frames - 1) / max(wall - startup, 1e-6):.1f} frames/s (start-up {startup:.2f} s); "
+                      f"stages alone, ms a frame: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+                      + f" (sum {sum(stages.values()):.1f} = {1000 / sum(stages.values()):.1f} frames/s serial)",
+                      flush=True)
+    print(f"# load average {os.getloadavg()[0]:.1f} at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
