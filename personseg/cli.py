@@ -71,6 +71,7 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, *, default_model: s
     """The options that choose and set up the model, as `load_predictor(args)` reads them: --model,
     --device (unless `device` is False), --threshold, --no-refine, --tta and --keep."""
     from personseg.predict import DEFAULT_MODEL, DEVICES, KEEP
+    from personseg.refiner import REFINE
 
     parser.add_argument("--model", default=default_model, metavar="PATH_OR_NAME",
                         help="a checkpoint or .onnx file, or a shipped model name (accurate, fast)"
@@ -84,7 +85,11 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, *, default_model: s
                              "(default: the model's own, usually 0.5)")
     parser.add_argument("--no-refine", action="store_true",
                         help="upsample the model's output bilinearly instead of with the edge-aware guided "
-                             "filter (faster, softer edges)")
+                             "filter (faster, softer edges); the same as --refine none")
+    parser.add_argument("--refine", choices=REFINE, default="auto",
+                        help="how the model's low-resolution output reaches the photo's size: deep (the trained "
+                             "guided filter shipped with the model), guided (the analytic one), none "
+                             "(bilinear); auto: deep when the model ships one, else guided (default: auto)")
     own = "the model's own setting: on for accurate, off for fast and for your checkpoints"
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=default_tta,
                         help="also run the model on the mirror image and average: a little more accurate, "
@@ -99,7 +104,8 @@ def load_predictor(args: argparse.Namespace, **options):
     go to it as they are."""
     import personseg
 
-    return personseg.load(args.model, device=getattr(args, "device", "cpu"), refine=not args.no_refine,
+    refine = "none" if args.no_refine else getattr(args, "refine", "auto")
+    return personseg.load(args.model, device=getattr(args, "device", "cpu"), refine=refine,
                           tta=args.tta, keep=args.keep, threshold=args.threshold, **options)
 
 

@@ -148,3 +148,75 @@ def refine_alpha_torch(image_rgb_uint8, alpha_lr, r: int, eps: float = 1e-5, dty
         src = torch.from_numpy(np.ascontiguousarray(alpha_lr, dtype=np.float32))[None, None].to(dtype)
         out = fast_guided_filter(guide, src, r, eps)[0, 0].clamp_(0, 1)
     return out.float().numpy()
+
+
+class CoefficientNet(nn.Module):
+    """The deep guided filter's learned part (Wu et al., "Fast End-to-End Trainable Guided Filter", CVPR
+    2018; RVM's DeepGuidedFilterRefiner): at the model's resolution, (coef (B, 4, h, w) the analytic
+    guided filter's box-averaged (A_r, A_g, A_b, b), guide_lr (B, 3, h, w) in [0, 1], prob_lr (B, 1, h, w))
+    -> corrected coef (B, 4, h, w). Per-pixel convolutions over the local statistics (as RVM's) plus one
+    depthwise 3x3 for context, ~640 multiply-adds a low-resolution pixel. The last layer starts at zero,
+    so an untrained net is the analytic filter; this module alone is exported to ONNX (the full-resolution
+    part stays numpy/OpenCV: `personseg.guided_filter.apply_coefficients`)."""
+
+    IN_CHANNELS = 11
+
+    def __init__(self, hidden: int = 16, r: int = 1):
+        super().__init__()
+        self.r = r
+        self.body = nn.Sequential(
+            nn.Conv2d(self.IN_CHANNELS, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(inplace=True), nn.Conv2d(hidden, 4, 1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def features(self, coef: torch.Tensor, guide_lr: torch.Tensor, prob_lr: torch.Tensor) -> torch.Tensor:
+        """(B, 11, h, w): asinh of the coefficients (A reaches hundreds where the photo is flat), the
+        probability with its local mean and spread, the centred guide and its local spread."""
+        k = 2 * self.r + 1
+
+        def box(x: torch.Tensor) -> torch.Tensor:  # clipped-window mean, as box_filter; ONNX AveragePool
+            return F.avg_pool2d(x, k, stride=1, padding=self.r, count_include_pad=False)
+
+        mean_p = box(prob_lr)
+        std_p = (box(prob_lr * prob_lr) - mean_p * mean_p).clamp(min=0).add(1e-6).sqrt()
+        std_I = (box(guide_lr * guide_lr) - box(guide_lr) ** 2).clamp(min=0).sum(1, keepdim=True).add(1e-6).sqrt()
+        # asinh written out (the TorchScript ONNX exporter has no aten::asinh), odd so it stays exact for x < 0
+        a = coef.abs()
+        asinh = torch.sign(coef) * torch.log(a + torch.sqrt(a * a + 1))
+        return torch.cat([asinh, prob_lr, mean_p, std_p, guide_lr - 0.5, std_I], 1)
+
+    def forward(self, coef: torch.Tensor, guide_lr: torch.Tensor, prob_lr: torch.Tensor) -> torch.Tensor:
+        return coef + self.body(self.features(coef, guide_lr, prob_lr))
+
+
+class DeepGuidedFilterRefiner(nn.Module):
+    """Trainable fast guided filter: (guide_hr (B, 3, H, W) in [0, 1], prob_lr (B, 1, h, w)) -> alpha
+    (B, 1, H, W). The analytic coefficients are solved at (h, w) (in float64, as the numpy inference code),
+    corrected by `CoefficientNet`, bilinearly upsampled and applied to the full-resolution guide, so one
+    model serves any photo size. r: default_radius(h, w) when None, as `refine_alpha`."""
+
+    def __init__(self, hidden: int = 16, eps: float = 1e-5, r: int | None = None):
+        super().__init__()
+        self.net = CoefficientNet(hidden, r or 1)
+        self.eps, self.r = eps, r
+
+    def coefficients(self, guide_lr: torch.Tensor, prob_lr: torch.Tensor) -> torch.Tensor:
+        """The analytic (A, b) of `refine_alpha`: (B, 4, h, w) float32, no gradient (fixed inputs)."""
+        from personseg.guided_filter import default_radius
+
+        r = self.r or default_radius(*prob_lr.shape[-2:])
+        with torch.no_grad():
+            mean_A, mean_b = _coefficients(guide_lr.double(), prob_lr.double(), r, self.eps)
+        return torch.cat([mean_A, mean_b], 1).float()
+
+    def forward(self, guide_hr: torch.Tensor, prob_lr: torch.Tensor, guide_lr: torch.Tensor | None = None,
+                coef: torch.Tensor | None = None) -> torch.Tensor:
+        """guide_lr (B, 3, h, w) and the analytic coef (B, 4, h, w) may come precomputed (training caches
+        them per sample: `personseg.guided_filter.area_downsample` and `coefficients` give the same)."""
+        if guide_lr is None:
+            guide_lr = F.interpolate(guide_hr, size=prob_lr.shape[-2:], mode="area")
+        coef = self.net(self.coefficients(guide_lr, prob_lr) if coef is None else coef, guide_lr, prob_lr)
+        up = F.interpolate(coef, size=guide_hr.shape[-2:], mode="bilinear", align_corners=False)
+        return ((up[:, :3] * guide_hr).sum(1, keepdim=True) + up[:, 3:]).clamp(0, 1)

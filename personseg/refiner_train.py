@@ -1,0 +1,317 @@
+"""Training the deep guided filter (`guided_filter_torch.DeepGuidedFilterRefiner`) on top of a frozen
+shipped model: its low-resolution probability, exactly as inference computes it (ONNX Runtime, the
+model's own TTA), is the refiner's input; the target is the full-resolution alpha.
+
+Data, each sample at its own size (the pair of resolutions: the model's 57,600-pixel budget below, the
+photo's 480-960 pixel long side above, 1.5x to 3x; real photos up to 800 pixels):
+- soft alpha (`MattingScenes`): the 200 RGBA cut-outs' real soft alpha on person-free photos
+  (composites/backgrounds, negatives; COCO's photos hold unlabelled people, so they are left out),
+  the alpha edge blurred a little as `data.Composites` does (the cut-outs are small and upscaled here,
+  so their alpha is sharper than their colours), the cut-out's colours pulled part way to the
+  background's and sensor noise added over the whole picture, so the paste's seam is not a cue.
+- binary masks (portraits, ccp, hsd, pennfudan): hand-drawn masks are a few pixels off the true edge
+  and have no fractional alpha, so their loss leaves out a band of `BAND` pixels either side of the mask
+  edge (`band_weight`): there the refiner may be soft, as the true alpha is; elsewhere it must match.
+Splits follow the project's rule (validation index % 10 == 9, held back == 4, never used here).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from personseg import matting
+from personseg.data import read_pair, read_rgb
+from personseg.folders import decode_mask, list_images, list_pairs, split_items
+from personseg.guided_filter import area_downsample, coefficients, default_radius, refine_alpha
+from personseg.guided_filter_torch import DeepGuidedFilterRefiner
+
+BAND = 3  # pixels either side of a binary mask's edge that its loss leaves out
+BACKGROUNDS = ("composites/backgrounds", "negatives/images")
+MASK_FOLDERS = ("portraits", "ccp", "hsd", "pennfudan")
+
+
+class MattingScenes:
+    """Soft-alpha scenes: `render(seed)` -> (image (H, W, 3) uint8, alpha (H, W) float32), a function of
+    (split, seed) only. One or two cut-outs, 35-95% of the picture's height, on a person-free photo
+    whose long side is `long_side`."""
+
+    def __init__(self, data_root: str | Path, split: str = "train", long_side: tuple[int, int] = (480, 960)):
+        root = Path(data_root)
+        self.foregrounds = split_items(list_images(root / "composites/foregrounds"), split)
+        self.backgrounds = [p for b in BACKGROUNDS for p in split_items(list_images(root / b), split)]
+        self.long_side = long_side
+
+    def background(self, rng: np.random.Generator) -> np.ndarray:
+        image = read_rgb(self.backgrounds[rng.integers(len(self.backgrounds))])
+        scale = int(rng.integers(*self.long_side)) / max(image.shape[:2])
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+    def person(self, rng: np.random.Generator, h: int, back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A cut-out `h` pixels tall: rgb (h', w', 3) float32 colour-matched to `back`, alpha in [0, 1]
+        with its edge blurred (sigma 0.5-1.2 pixels), both padded for the blur."""
+        bgra = cv2.imread(str(self.foregrounds[rng.integers(len(self.foregrounds))]), cv2.IMREAD_UNCHANGED)
+        fg = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGBA)
+        w = max(2, round(fg.shape[1] * h / fg.shape[0]))
+        fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA if h < fg.shape[0] else cv2.INTER_LINEAR)
+        if rng.random() < 0.5:
+            fg = fg[:, ::-1]
+        rgb, a = fg[..., :3].astype(np.float32), fg[..., 3].astype(np.float32) / 255
+        inside = a > 0.5
+        if inside.any():  # colour matching: part of the way to the background's mean and contrast
+            s = rng.uniform(0, 0.4)
+            mean, std = rgb[inside].mean(0), rgb[inside].std(0) + 1
+            rgb = (rgb - mean) * (1 + s * (back.reshape(-1, 3).std(0) / std - 1)) \
+                + mean + s * (back.reshape(-1, 3).mean(0) - mean)
+        pad = 4
+        a = cv2.GaussianBlur(np.pad(a, pad), (0, 0), rng.uniform(0.5, 1.2))
+        rgb = np.pad(rgb.clip(0, 255), ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        return rgb, a
+
+    def render(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        from personseg.data import paste
+
+        rng = np.random.default_rng(seed)
+        back = self.background(rng)
+        image = back.astype(np.float32)
+        H, W = image.shape[:2]
+        alpha = np.zeros((H, W), np.float32)
+        for scale in np.sort(rng.uniform(0.35, 0.95, size=int(rng.integers(1, 3)))):
+            rgb, a = self.person(rng, max(8, round(scale * H)), back.astype(np.float32))
+            x = int(rng.integers(-a.shape[1] // 3, max(1 - a.shape[1] // 3, W - 2 * a.shape[1] // 3)))
+            y = int(rng.integers(0, max(1, H - a.shape[0] // 2)))
+            paste(image, alpha, rgb, a, x, y)
+        image += rng.normal(0, rng.uniform(0, 4), image.shape).astype(np.float32)
+        return image.round().clip(0, 255).astype(np.uint8), alpha
+
+
+class MaskPhotos:
+    """Real photos with binary masks of `folders` in `split`: `load(seed)` -> (image, mask (H, W) float32
+    in {0, 1}, valid (H, W) float32), the long side at most `max_side`."""
+
+    def __init__(self, data_root: str | Path, split: str = "train", folders=MASK_FOLDERS, max_side: int = 800):
+        self.pairs = [p for f in folders for p in list_pairs(Path(data_root) / f, split)[0]]
+        self.max_side = max_side
+
+    def load(self, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        image, gray = read_pair(*self.pairs[rng.integers(len(self.pairs))])
+        scale = min(1.0, self.max_side / max(image.shape[:2]))
+        if scale < 1:
+            size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_NEAREST_EXACT)
+        if rng.random() < 0.5:
+            image, gray = image[:, ::-1].copy(), gray[:, ::-1].copy()
+        mask, valid = decode_mask(gray)
+        return image, mask.astype(np.float32), valid.astype(np.float32)
+
+
+def band_weight(mask: np.ndarray, valid: np.ndarray, band: int = BAND) -> np.ndarray:
+    """(H, W) float32: 0 within `band` pixels of the mask's edge (either side) and where not valid, else 1."""
+    m = (mask > 0.5).astype(np.uint8)
+    inside = cv2.distanceTransform(m, cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
+    far = (inside > band) | (outside > band)
+    return (far & (valid > 0)).astype(np.float32)
+
+
+def model_probability(predictor, image: np.ndarray) -> np.ndarray:
+    """The frozen model's low-resolution probability (h, w) float32, as `Predictor.upsample` receives it."""
+    return predictor._forward([image], predictor.spec.model_size(*image.shape[:2]))[0][0]
+
+
+def make_sample(predictor, image, target, weight, soft: bool) -> dict:
+    """One training or validation sample, with what does not change while training precomputed as
+    inference computes it (`DeepRefiner.coefficients`): the low-resolution guide and analytic coef, and
+    the low-resolution pixels near an edge (`edges`, where crops are centred)."""
+    prob = model_probability(predictor, image)
+    h, w = prob.shape
+    guide_lr = area_downsample(image, h, w)
+    coef = coefficients(guide_lr, prob.astype(np.float64), default_radius(h, w), 1e-5)
+    target_lr = cv2.resize(target, (w, h), interpolation=cv2.INTER_AREA)
+    edges = np.argwhere(((target_lr > 0.02) & (target_lr < 0.98)) | ((prob > 0.02) & (prob < 0.98)))
+    return {"image": image, "prob": prob, "target": target, "weight": weight, "soft": soft, "edges": edges,
+            "guide_lr": torch.from_numpy(guide_lr.transpose(2, 0, 1)[None].astype(np.float32)),
+            "coef": torch.from_numpy(coef[None].astype(np.float32))}
+
+
+def predict_alpha(refiner: DeepGuidedFilterRefiner, s: dict) -> torch.Tensor:
+    """(H, W) alpha of one whole sample."""
+    guide = torch.from_numpy(s["image"]).permute(2, 0, 1)[None].float() / 255
+    return refiner(guide, torch.from_numpy(s["prob"])[None, None], s["guide_lr"], s["coef"])[0, 0]
+
+
+def _hires_rows(lo: int, hi: int, n: int, N: int) -> tuple[int, int]:
+    """The full-resolution rows [a, b) whose bilinear source row (Y + .5) n / N - .5, clamped to
+    [0, n - 1] as torch's and OpenCV's resize clamp it, lies in [lo, hi - 1]."""
+    a = 0 if lo == 0 else math.ceil((lo + 0.5) * N / n - 0.5)
+    b = N if hi >= n else math.floor((hi - 1 + 0.5) * N / n - 0.5) + 1
+    return a, b
+
+
+def crop_alpha(refiner: DeepGuidedFilterRefiner, s: dict, y: int, x: int, size: int = 40):
+    """The refiner's alpha on the full-resolution pixels of the low-resolution window [y, y + size) x
+    [x, x + size), computed from that window (plus the net's 2-pixel reach) only: the same values as
+    `predict_alpha` there, at a fraction of the cost. Returns (alpha (h', w'), (Y0, Y1, X0, X1))."""
+    h, w = s["prob"].shape
+    H, W = s["image"].shape[:2]
+    y1, x1 = min(h, y + size), min(w, x + size)
+    ya, yb, xa, xb = max(0, y - 2), min(h, y1 + 2), max(0, x - 2), min(w, x1 + 2)
+    window = (slice(None), slice(None), slice(ya, yb), slice(xa, xb))
+    prob = torch.from_numpy(s["prob"])[None, None]
+    coef = refiner.net(s["coef"][window], s["guide_lr"][window], prob[window])
+    (Y0, Y1), (X0, X1) = _hires_rows(y, y1, h, H), _hires_rows(x, x1, w, W)
+
+    def grid(a: int, b: int, n: int, N: int, lo: int, m: int) -> torch.Tensor:
+        src = ((torch.arange(a, b, dtype=torch.float64) + 0.5) * n / N - 0.5).clamp(0, n - 1) - lo
+        return (src / max(m - 1, 1) * 2 - 1).float()  # align_corners=True: -1 and 1 are the end pixels
+
+    gy, gx = grid(Y0, Y1, h, H, ya, yb - ya), grid(X0, X1, w, W, xa, xb - xa)
+    sample_grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), -1)[None]  # (1, h', w', (x, y))
+    up = F.grid_sample(coef, sample_grid, mode="bilinear", align_corners=True)
+    guide = torch.from_numpy(s["image"][Y0:Y1, X0:X1]).permute(2, 0, 1)[None].float() / 255
+    return ((up[:, :3] * guide).sum(1) + up[:, 3]).clamp(0, 1)[0], (Y0, Y1, X0, X1)
+
+
+def crop_loss(refiner: DeepGuidedFilterRefiner, s: dict, rng: np.random.Generator, size: int = 40) -> torch.Tensor:
+    """The loss on one crop, centred on an edge pixel 3 times in 4. Soft alpha: L1 plus L1 of the alpha's
+    x and y differences (edges as sharp as the target's). Binary mask: L1 weighted by `band_weight` (no
+    gradient term: the mask's edge is not the true one)."""
+    h, w = s["prob"].shape
+    if len(s["edges"]) and rng.random() < 0.75:
+        cy, cx = s["edges"][rng.integers(len(s["edges"]))]
+    else:
+        cy, cx = rng.integers(h), rng.integers(w)
+    y, x = int(np.clip(cy - size // 2, 0, max(0, h - size))), int(np.clip(cx - size // 2, 0, max(0, w - size)))
+    alpha, (Y0, Y1, X0, X1) = crop_alpha(refiner, s, y, x, size)
+    target = torch.from_numpy(s["target"][Y0:Y1, X0:X1])
+    weight = torch.from_numpy(s["weight"][Y0:Y1, X0:X1])
+    loss = ((alpha - target).abs() * weight).sum() / weight.sum().clamp(min=1)
+    if s["soft"]:
+        for d in (lambda t: t[1:] - t[:-1], lambda t: t[:, 1:] - t[:, :-1]):
+            loss = loss + (d(alpha) - d(target)).abs().mean()
+    return loss
+
+
+def validation_set(predictor, data_root, count: int = 40, seed: int = 1234) -> list[dict]:
+    """`count` soft-alpha scenes of the validation cut-outs and backgrounds (scene i: seed * 1000003 + i)."""
+    scenes = MattingScenes(data_root, "val")
+    out = []
+    for i in range(count):
+        image, alpha = scenes.render(seed * 1_000_003 + i)
+        out.append(make_sample(predictor, image, alpha, np.ones_like(alpha), True))
+    return out
+
+
+def evaluate(refiner: DeepGuidedFilterRefiner | None, samples: list[dict], full: bool = False) -> dict[str, float]:
+    """Mean SAD and MSE (`full`: all four matting errors, personseg.matting) over `samples`: the refiner's,
+    or the analytic filter's (`refine_alpha`, what inference runs) when `refiner` is None."""
+    totals: dict[str, float] = {}
+    for s in samples:
+        if refiner is None:
+            alpha = refine_alpha(s["image"], s["prob"])
+        else:
+            with torch.no_grad():
+                alpha = predict_alpha(refiner, s).numpy()
+        errors = matting.matting_errors(alpha, s["target"]) if full else \
+            {"sad": matting.sad(alpha, s["target"]), "mse": matting.mse(alpha, s["target"])}
+        for k, v in errors.items():
+            totals[k] = totals.get(k, 0.0) + v / len(samples)
+    return totals
+
+
+def training_pool(predictor, data_root, count: int, seed: int, soft_share: float = 0.6,
+                  deadline: float = math.inf) -> list[dict]:
+    """`count` training samples (fewer if time.time() passes `deadline`), a share `soft_share` of them
+    soft-alpha scenes, the rest real photos with binary masks (their loss weight: `band_weight`)."""
+    rng = np.random.default_rng(seed)
+    scenes, photos = MattingScenes(data_root, "train"), MaskPhotos(data_root, "train")
+    pool = []
+    for _ in range(count):
+        if time.time() > deadline and len(pool) >= 16:
+            break
+        sample_seed = int(rng.integers(1 << 62))
+        if rng.random() < soft_share:
+            image, alpha = scenes.render(sample_seed)
+            pool.append(make_sample(predictor, image, alpha, np.ones_like(alpha), True))
+        else:
+            image, mask, valid = photos.load(sample_seed)
+            pool.append(make_sample(predictor, image, mask, band_weight(mask, valid), False))
+    return pool
+
+
+def train(predictor, data_root, out_dir, minutes: float = 35.0, seed: int = 0, hidden: int = 16,
+          lr: float = 3e-3, batch: int = 16, pool_size: int = 300, val_count: int = 24,
+          eval_minutes: float = 3.0) -> dict:
+    """Build a pool of `pool_size` samples (in at most half the time), then train on edge-centred crops of them for the rest of
+    `minutes` (wall time, cosine learning rate), validating (SAD, MSE) every `eval_minutes` and keeping
+    the best validation SAD. Writes out_dir/log.jsonl and out_dir/best.pt (state and kwargs)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    torch.manual_seed(seed)
+    refiner = DeepGuidedFilterRefiner(hidden=hidden)
+    opt = torch.optim.Adam(refiner.parameters(), lr=lr)
+    val = validation_set(predictor, data_root, val_count)
+    pool = training_pool(predictor, data_root, pool_size, seed, deadline=start + minutes * 30)
+    analytic = {f"analytic_{k}": v for k, v in evaluate(None, val).items()}
+    best, rng, step, losses = {"sad": math.inf}, np.random.default_rng(seed), 0, []
+    t0, next_eval = (time.time() - start) / 60, 0.0
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps({"pool": len(pool), "val": len(val), "minutes": round(t0, 2), **analytic}) + "\n")
+    while (elapsed := (time.time() - start) / 60) < minutes:
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (elapsed - t0) / max(minutes - t0, 1e-6)))
+        loss = sum(crop_loss(refiner, pool[rng.integers(len(pool))], rng) for _ in range(batch)) / batch
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        step += 1
+        if elapsed >= next_eval or (time.time() - start) / 60 >= minutes:
+            next_eval = elapsed + eval_minutes
+            line = {"step": step, "minutes": round(elapsed, 2), "loss": float(np.mean(losses[-100:])),
+                    **evaluate(refiner, val)}
+            if line["sad"] < best["sad"]:
+                best = dict(line)
+                torch.save({"state_dict": refiner.state_dict(), "kwargs": {"hidden": hidden}, "val": line},
+                           out / "best.pt")
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps({**line, "best_sad": best["sad"], **analytic}) + "\n")
+    return {**best, **analytic}
+
+
+def export_refiner(refiner: DeepGuidedFilterRefiner, path: str | Path, model_file: str | Path,
+                   val: dict | None = None) -> Path:
+    """The refiner's `CoefficientNet` as ONNX (inputs coef (1, 4, h, w), guide (1, 3, h, w), prob
+    (1, 1, h, w); output refined (1, 4, h, w); h and w dynamic) with the metadata `DeepRefiner` reads:
+    format, eps, the model file it was trained on and that file's sha256, its validation figures."""
+    import onnx
+
+    from personseg.predict import file_sha256
+    from personseg.refiner import FORMAT
+
+    net = refiner.net.eval()
+    h, w = 24, 40
+    args = (torch.randn(1, 4, h, w), torch.rand(1, 3, h, w), torch.rand(1, 1, h, w))
+    axes = {0: "batch", 2: "height", 3: "width"}
+    path = Path(path)
+    torch.onnx.export(net, args, str(path), dynamo=False, do_constant_folding=True, opset_version=17,
+                      input_names=["coef", "guide", "prob"], output_names=["refined"],
+                      dynamic_axes={n: axes for n in ("coef", "guide", "prob", "refined")})
+    proto = onnx.load(str(path))
+    meta = {"format": FORMAT, "eps": repr(refiner.eps), "hidden": str(net.body[0].out_channels),
+            "model": Path(model_file).name, "model_sha256": file_sha256(model_file),
+            "val": json.dumps(val or {})}
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(path))
+    return path

@@ -1,0 +1,57 @@
+"""Train the deep guided filter on top of a frozen shipped model and ship its coefficient net as ONNX.
+
+    python scripts/train_refiner.py --data ../shared/data --minutes 35 --out training_logs/refiner
+    python scripts/train_refiner.py --data ../shared/data --export-only training_logs/refiner/best.pt
+
+Writes OUT/log.jsonl (validation matting errors of the refiner, with the analytic filter's beside them),
+OUT/best.pt and personseg/weights/MODEL_refiner.onnx, which `personseg.load(MODEL)` then uses. One torch
+thread and one ONNX Runtime thread: it is meant to run in the background (nice -n 19).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from personseg.guided_filter_torch import DeepGuidedFilterRefiner  # noqa: E402
+from personseg.predict import WEIGHTS_DIR, load  # noqa: E402
+from personseg.refiner_train import export_refiner, train  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--model", default="accurate", help="shipped model whose output is refined")
+    parser.add_argument("--minutes", type=float, default=35.0)
+    parser.add_argument("--hidden", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="training_logs/refiner")
+    parser.add_argument("--export-only", metavar="BEST_PT", help="only export this best.pt to ONNX")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model_file = WEIGHTS_DIR / f"{args.model}.onnx"
+    if not model_file.is_file():
+        print(f"error: {model_file} does not exist; the refiner trains on a shipped ONNX model "
+              "(python scripts/ship_onnx.py NAME)", file=sys.stderr)
+        return 2
+    if args.export_only:
+        saved = torch.load(args.export_only, weights_only=True)
+        best = saved["val"]
+    else:
+        predictor = load(args.model, refine=False, threads=1, spinning=False)
+        best = train(predictor, args.data, args.out, args.minutes, args.seed, args.hidden)
+        print(json.dumps(best))
+        saved = torch.load(Path(args.out) / "best.pt", weights_only=True)
+    refiner = DeepGuidedFilterRefiner(**saved["kwargs"])
+    refiner.load_state_dict(saved["state_dict"])
+    path = export_refiner(refiner, WEIGHTS_DIR / f"{args.model}_refiner.onnx", model_file, best)
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

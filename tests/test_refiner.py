@@ -1,0 +1,116 @@
+"""The deep guided filter: its exact special case (the analytic filter), gradients, ONNX export of the
+segmenter and the refiner together at two input sizes, the predictor's refine modes, and its training data."""
+import numpy as np
+import pytest
+import torch
+
+import personseg
+from personseg.checkpoint import load_checkpoint
+from personseg.export import export_onnx
+from personseg.guided_filter import default_radius, refine_alpha
+from personseg.guided_filter_torch import DeepGuidedFilterRefiner, fast_guided_filter
+from personseg.predict import Predictor
+from personseg.refiner import DeepRefiner, refine_mode
+from personseg.refiner_train import MattingScenes, band_weight, export_refiner
+
+
+def photo_and_prob(seed=0, H=45, W=77, h=15, w=26):
+    """A blocky random photo and a smooth low-resolution probability."""
+    rng = np.random.default_rng(seed)
+    rgb = np.kron(rng.integers(0, 256, (-(-H // 5), -(-W // 7), 3)), np.ones((5, 7, 1))).astype(np.uint8)[:H, :W]
+    prob = (0.5 + 0.5 * np.sin(np.arange(h)[:, None] / 3 + np.arange(w)[None] / 4)).astype(np.float32)
+    return rgb, prob
+
+
+def as_tensors(rgb, prob):
+    return (torch.from_numpy(rgb).permute(2, 0, 1)[None].double() / 255, torch.from_numpy(prob)[None, None].double())
+
+
+def randomize(refiner: DeepGuidedFilterRefiner, seed=0, scale=0.05) -> DeepGuidedFilterRefiner:
+    """A refiner whose last layer is not zero (an untrained one is exactly the analytic filter)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        last = refiner.net.body[-1]
+        last.weight.normal_(0, scale)
+        last.bias.normal_(0, scale)
+    return refiner
+
+
+def test_zero_correction_is_the_analytic_guided_filter():
+    rgb, prob = photo_and_prob()
+    guide, src = as_tensors(rgb, prob)
+    refiner = DeepGuidedFilterRefiner()
+    with torch.no_grad():
+        deep = refiner(guide.float(), src.float())[0, 0].double()
+        analytic = fast_guided_filter(guide, src, default_radius(*prob.shape), 1e-5)[0, 0].clamp(0, 1)
+        assert torch.allclose(deep, analytic, atol=2e-5)
+        np.testing.assert_allclose(deep.numpy(), refine_alpha(rgb, prob), atol=2e-4)
+        assert not torch.allclose(randomize(refiner)(guide.float(), src.float())[0, 0].double(), analytic, atol=1e-2)
+
+
+def test_gradient_reaches_every_parameter():
+    rgb, prob = photo_and_prob(1)
+    guide, src = as_tensors(rgb, prob)
+    refiner = randomize(DeepGuidedFilterRefiner(hidden=8))
+    target = (torch.rand(1, 1, *rgb.shape[:2]) > 0.5).float()
+    (refiner(guide.float(), src.float()) - target).abs().mean().backward()
+    for name, p in refiner.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_segmenter_and_refiner_onnx_match_torch_at_two_sizes(tiny_checkpoint, tmp_path):
+    """The ONNX pipeline (segmenter file on ORT, refiner file on ORT + numpy full-resolution step) gives
+    the alpha of the torch pipeline (checkpoint + DeepGuidedFilterRefiner) at two model input sizes."""
+    model, info = load_checkpoint(tiny_checkpoint)
+    export_onnx(model, info, tmp_path / "m.onnx", check=False)
+    refiner = randomize(DeepGuidedFilterRefiner(hidden=8), scale=0.2)
+    export_refiner(refiner, tmp_path / "m_refiner.onnx", tmp_path / "m.onnx")
+    onnx_predictor = personseg.load(str(tmp_path / "m.onnx"), refine="guided")
+    onnx_predictor.refiner, onnx_predictor.refine = DeepRefiner(tmp_path / "m_refiner.onnx", threads=1), "deep"
+    torch_predictor = Predictor.from_checkpoint(tiny_checkpoint, refine="none")
+    sizes = set()
+    for H, W in ((240, 320), (301, 187)):
+        rgb, _ = photo_and_prob(2, H, W)
+        size = torch_predictor.spec.model_size(H, W)
+        sizes.add(size)
+        prob, _, _ = torch_predictor._forward([rgb], size)
+        with torch.no_grad():
+            expected = refiner(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255,
+                               torch.from_numpy(prob[:1])[None])[0, 0].numpy()
+        alpha = onnx_predictor.predict(rgb)
+        assert alpha.shape == (H, W)
+        assert np.abs(alpha - expected).max() < 2e-3
+        assert np.abs(alpha - personseg.load(str(tmp_path / "m.onnx"), refine="guided").predict(rgb)).max() > 1e-2
+    assert len(sizes) == 2
+
+
+def test_refine_modes(tmp_path):
+    assert [refine_mode(r) for r in (True, False, "deep", "guided")] == ["auto", "none", "deep", "guided"]
+    with pytest.raises(ValueError, match="choose one of"):
+        refine_mode("sharp")
+    with pytest.raises(ValueError, match="needs a shipped model"):
+        personseg.load(str(tmp_path / "x.onnx"), refine="deep")
+    bad = tmp_path / "bad_refiner.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(ValueError, match="not a readable ONNX refiner"):
+        DeepRefiner(bad)
+
+
+def test_band_weight_leaves_out_the_edge_band():
+    mask = np.zeros((20, 30), np.float32)
+    mask[:, 15:] = 1
+    valid = np.ones_like(mask)
+    valid[0] = 0
+    w = band_weight(mask, valid, band=3)
+    assert (w[1:, :11] == 1).all() and (w[1:, 19:] == 1).all()  # more than 3 pixels from the edge
+    assert (w[:, 13:17] == 0).all() and (w[0] == 0).all()
+
+
+def test_matting_scenes_are_deterministic_with_soft_alpha_and_split(data_dir):
+    train, val = MattingScenes(data_dir, "train"), MattingScenes(data_dir, "val")
+    assert not set(train.foregrounds) & set(val.foregrounds) and not set(train.backgrounds) & set(val.backgrounds)
+    image, alpha = val.render(7)
+    again, alpha2 = val.render(7)
+    assert np.array_equal(image, again) and np.array_equal(alpha, alpha2)
+    assert 480 <= max(image.shape[:2]) <= 960 and alpha.shape == image.shape[:2]
+    assert ((alpha > 0.05) & (alpha < 0.95)).sum() > 100 and alpha.max() > 0.99
