@@ -1,11 +1,15 @@
-"""Load test of `personseg serve` on loopback: throughput against in-process predict(), latency at 1/4/16
-clients, with and without request batching, and RSS growth over 1,000 requests after warm-up.
+"""Load test of `personseg serve` on loopback: throughput against in-process predict() on the same photos,
+p50 / p99 latency at 1, 4 and 16 clients for each server setting compared, where a request's time goes
+(the server's Server-Timing stages; "http" is the rest: sockets, the event loop, parsing), and RSS growth
+over 1,000 requests after warm-up.
 
-    python benchmarks/serve.py                      # the shipped fast model, 8 real portraits
-    python benchmarks/serve.py --model accurate --long-side 800
+    python benchmarks/serve.py                         # the default model, 16 600x800 portraits as they are
+    python benchmarks/serve.py --model fast --setting workers=1,threads=2 --setting workers=2,threads=1
 
 The server is a `personseg serve` subprocess on 127.0.0.1 (its own process, as in use); the clients are
-threads here. Every phase has a request count and a deadline, and the server is stopped at the end.
+threads here. Every phase has a request count and a deadline, and each server is stopped at the end. On a
+shared machine the load drifts, so in-process predict() is timed again right before each level, and the
+level's ratio is against that figure.
 """
 from __future__ import annotations
 
@@ -25,12 +29,17 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = ("queue", "decode", "predict", "render", "encode")
 
 
 def photos(folder: Path, count: int, long_side: int) -> list[bytes]:
-    """The first `count` JPEGs of `folder`, scaled to `long_side` pixels on the long side, as JPEG bytes."""
+    """The first `count` JPEGs of `folder` as JPEG bytes: the files themselves (long_side 0), or scaled
+    to `long_side` pixels on the long side."""
     out = []
     for path in sorted(folder.glob("*.jpg"))[:count]:
+        if not long_side:
+            out.append(path.read_bytes())
+            continue
         im = Image.open(path).convert("RGB")
         scale = long_side / max(im.size)
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
@@ -42,12 +51,8 @@ def photos(folder: Path, count: int, long_side: int) -> list[bytes]:
     return out
 
 
-def in_process(model: str, images: list[bytes], seconds: float) -> float:
+def in_process(predictor, arrays: list[np.ndarray], seconds: float) -> float:
     """Images per second of predictor.predict() on decoded photos, one after another."""
-    import personseg
-
-    predictor = personseg.load(model)
-    arrays = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in images]
     predictor.predict(arrays[0])
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or done < len(arrays):
@@ -57,15 +62,15 @@ def in_process(model: str, images: list[bytes], seconds: float) -> float:
 
 
 class Server:
-    """`personseg serve` in a subprocess on a free loopback port."""
+    """`personseg serve` in a subprocess on a free loopback port; `options` are its extra arguments."""
 
-    def __init__(self, model: str, max_batch: int):
+    def __init__(self, model: str | None, options: list[str]):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "personseg", "serve", "--model", model, "--host", "127.0.0.1",
-                   "--port", str(self.port), "--max-batch", str(max_batch), "--timeout", "120"]
+        command = [sys.executable, "-m", "personseg", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--timeout", "120", *(["--model", model] if model else []), *options]
         self.process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PERSONSEG_LOG_LEVEL": "warning"})
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -93,9 +98,21 @@ class Server:
             self.process.kill()
 
 
+def server_timing(header: str) -> dict[str, float]:
+    """'queue;dur=1.2, decode;dur=6.0' -> {"queue": 1.2, "decode": 6.0}."""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    return out
+
+
 def load(url: str, images: list[bytes], clients: int, requests: int, deadline_s: float) -> dict:
-    """`requests` POST /v1/segment spread over `clients` threads; stops early at the deadline."""
+    """`requests` POST /v1/segment spread over `clients` threads; stops early at the deadline. Returns
+    throughput, latency percentiles and the median of each server stage (ms)."""
     latencies: list[float] = []
+    stages: list[dict[str, float]] = []
     errors = [0]
     counter = iter(range(requests))
     lock = threading.Lock()
@@ -110,11 +127,15 @@ def load(url: str, images: list[bytes], clients: int, requests: int, deadline_s:
                     return
                 t0 = time.perf_counter()
                 r = c.post("/v1/segment", content=images[i % len(images)], headers={"content-type": "image/jpeg"})
+                elapsed = time.perf_counter() - t0
                 with lock:
-                    if r.status_code == 200:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
+                    if r.status_code != 200:
                         errors[0] += 1
+                        continue
+                    latencies.append(elapsed)
+                    timing = server_timing(r.headers.get("server-timing", ""))
+                    timing["http"] = 1000 * elapsed - sum(timing.values())
+                    stages.append(timing)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -125,57 +146,74 @@ def load(url: str, images: list[bytes], clients: int, requests: int, deadline_s:
     elapsed = time.perf_counter() - start
     ms = sorted(1000 * x for x in latencies)
     p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))] if ms else float("nan")
+    median = {k: statistics.median(s.get(k, 0.0) for s in stages) for k in (*STAGES, "http")} if stages else {}
     return {"clients": clients, "done": len(ms), "errors": errors[0], "per_s": len(ms) / elapsed,
-            "p50": statistics.median(ms) if ms else float("nan"), "p99": p99}
+            "p50": statistics.median(ms) if ms else float("nan"), "p99": p99, "stages": median}
+
+
+def run_setting(args, setting: str, images: list[bytes], baseline, rss: bool) -> None:
+    """The three latency levels on a server with `setting` ("workers=2,threads=1,max-batch=1"), each
+    after `baseline()` (in-process images/s), then (rss) the memory phase."""
+    options = [f"--{kv.replace('=', ' ')}".split() for kv in setting.split(",") if kv]
+    server = Server(args.model, [x for option in options for x in option])
+    try:
+        load(server.url, images, 4, 16, args.deadline)  # warm-up: every worker's first calls
+        print(f"\nserver {setting or 'defaults'}:")
+        for clients in (1, 4, 16):
+            base = baseline()
+            r = load(server.url, images, clients, max(args.requests, 2 * clients), args.deadline)
+            stages = ", ".join(f"{k} {v:.0f}" for k, v in r["stages"].items())
+            print(f"  {clients:2d} clients: {r['per_s']:.2f} images/s ({r['per_s'] / base:.2f}x in-process {base:.2f}), "
+                  f"p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, {r['done']} done, {r['errors']} errors; "
+                  f"median ms: {stages}")
+        health = httpx.get(f"{server.url}/healthz", timeout=10).json()
+        print(f"  {health['workers']} workers, {health['batches']} model calls for {health['images']} images")
+        if rss:
+            load(server.url, images, 4, 100, args.deadline)  # warm-up of the memory phase
+            before = server.rss_mb()
+            r = load(server.url, images, 4, args.rss_requests, 3 * args.deadline)
+            after = server.rss_mb()
+            print(f"  RSS over {r['done']} requests (4 clients) after 100 of warm-up: {before:.0f} -> {after:.0f} MB "
+                  f"({after - before:+.1f} MB), {r['errors']} errors, {r['per_s']:.2f} images/s")
+    finally:
+        server.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="fast")
+    parser.add_argument("--model", help="a shipped model or a file (default: the shipped default)")
     parser.add_argument("--photos", default=str(REPO / ".." / "shared" / "data" / "portraits" / "images"))
-    parser.add_argument("--count", type=int, default=8, help="photos (default: 8)")
-    parser.add_argument("--long-side", type=int, default=400, help="photo size, long side (default: 400)")
-    parser.add_argument("--seconds", type=float, default=20, help="in-process timing (default: 20)")
-    parser.add_argument("--requests", type=int, default=40, help="requests per latency level (default: 40)")
+    parser.add_argument("--count", type=int, default=16, help="photos (default: 16)")
+    parser.add_argument("--long-side", type=int, default=0, help="scale the photos to this (default: 0, as they are)")
+    parser.add_argument("--seconds", type=float, default=8, help="in-process timing, each time (default: 8)")
+    parser.add_argument("--requests", type=int, default=64, help="requests per latency level (default: 64)")
     parser.add_argument("--rss-requests", type=int, default=1000, help="requests of the memory phase (default: 1000)")
-    parser.add_argument("--rss-long-side", type=int, default=400,
-                        help="photo size of the memory phase (default: 400; smaller fits a busy machine)")
+    parser.add_argument("--setting", action="append", metavar="K=V,...",
+                        help="serve options to compare, e.g. workers=1,threads=2 (repeatable; default: the "
+                             "defaults, and workers=1 max-batch=4 for batching); the memory phase runs on the first")
     parser.add_argument("--deadline", type=float, default=300, help="seconds per phase at most (default: 300)")
     args = parser.parse_args()
 
-    images = photos(Path(args.photos), args.count, args.long_side)
-    w, h = Image.open(io.BytesIO(images[0])).size
-    print(f"model {args.model}; {len(images)} photos from {args.photos}, {w}x{h}; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f} at start")
-    baseline = in_process(args.model, images, args.seconds)
-    print(f"in-process predict(): {baseline:.2f} images/s")
+    import personseg
 
-    for max_batch in (1, 8):
-        server = Server(args.model, max_batch)
-        try:
-            load(server.url, images, 4, 8, args.deadline)  # warm-up
-            print(f"\nserver --max-batch {max_batch}:")
-            for clients in (1, 4, 16):
-                r = load(server.url, images, clients, max(args.requests, clients), args.deadline)
-                ratio = f"  ({r['per_s'] / baseline:.2f}x in-process)" if clients == 4 else ""
-                print(f"  {clients:2d} clients: {r['per_s']:.2f} images/s{ratio}, p50 {r['p50']:.0f} ms, "
-                      f"p99 {r['p99']:.0f} ms, {r['done']} done, {r['errors']} errors")
-            if max_batch == 8:
-                health = httpx.get(f"{server.url}/healthz", timeout=10).json()
-                print(f"  model calls {health['batches']} for {health['images']} images "
-                      f"({health['images'] / max(1, health['batches']):.2f} per call)")
-                small = photos(Path(args.photos), args.count, args.rss_long_side)
-                load(server.url, small, 4, 50, args.deadline)  # warm-up of the memory phase
-                before = server.rss_mb()
-                r = load(server.url, small, 4, args.rss_requests, 3 * args.deadline)
-                after = server.rss_mb()
-                sw, sh = Image.open(io.BytesIO(small[0])).size
-                print(f"  RSS over {r['done']} requests ({sw}x{sh} photos, 4 clients) after warm-up: "
-                      f"{before:.0f} -> {after:.0f} MB ({after - before:+.1f} MB), {r['errors']} errors")
-        finally:
-            server.stop()
-    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+    images = photos(Path(args.photos), args.count, args.long_side)
+    arrays = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in images]
+    sizes = sorted({f"{a.shape[1]}x{a.shape[0]}" for a in arrays})
+    print(f"model {args.model or 'default'}; {len(images)} photos from {args.photos}, {', '.join(sizes)}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    predictor = personseg.load(args.model)
+    figures = []
+
+    def baseline() -> float:
+        figures.append(in_process(predictor, arrays, args.seconds))
+        return figures[-1]
+
+    settings = args.setting or ["", "workers=1,max-batch=4"]
+    for i, setting in enumerate(settings):
+        run_setting(args, setting, images, baseline, rss=i == 0 and args.rss_requests > 0)
+    print(f"\nin-process predict(): {min(figures):.2f} to {max(figures):.2f} images/s, median "
+          f"{statistics.median(figures):.2f}, over {len(figures)} timings of {args.seconds:g} s")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ def segment_video(models: Models, path: str | None, model: str, threshold: float
 
 
 def build_demo(models: Models, max_video_seconds: float = 30.0):
-    """The Gradio Blocks app. Element ids (for tests and scripts): photo, run, mask, cutout, background."""
+    """The Gradio Blocks app. Element ids (for tests and scripts): photo, run, mask, cutout, background,
+    clip, run-video, result; API endpoints (gradio_client): /segment_photo, /segment_video."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -125,8 +126,10 @@ def build_demo(models: Models, max_video_seconds: float = 30.0):
             run = gr.Button("Segment", variant="primary", elem_id="run")
             inputs = [photo, *options]
             outputs = [mask, cutout, background]
-            run.click(lambda *a: segment_photo(models, *a), inputs, outputs, concurrency_limit=1)
-            photo.upload(lambda *a: segment_photo(models, *a), inputs, outputs, concurrency_limit=1)
+            run.click(lambda *a: segment_photo(models, *a), inputs, outputs, concurrency_limit=1,
+                      api_name="segment_photo")
+            photo.upload(lambda *a: segment_photo(models, *a), inputs, outputs, concurrency_limit=1,
+                         api_visibility="private")
         with gr.Tab("Video"):
             video_options = controls()
             with gr.Row():
@@ -134,7 +137,7 @@ def build_demo(models: Models, max_video_seconds: float = 30.0):
                 result = gr.Video(label="Result", elem_id="result", interactive=False)
             go = gr.Button("Process video", variant="primary", elem_id="run-video")
             go.click(lambda *a: segment_video(models, *a, max_seconds=max_video_seconds), [clip, *video_options],
-                     result, concurrency_limit=1)
+                     result, concurrency_limit=1, api_name="segment_video")
     return demo
 
 

@@ -3,10 +3,13 @@ uvicorn server bound to 127.0.0.1. The shipped `fast` model on small real photos
 test is about the server, not the model."""
 import asyncio
 import base64
+import contextlib
 import io
 import socket
+import struct
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -19,16 +22,24 @@ from personseg.serve import Limits, create_app  # noqa: E402
 
 
 class StubPredictor:
-    """Alpha = a left-to-right ramp; `delay` seconds per batch; records batch sizes."""
+    """Alpha = a left-to-right ramp; `delay` seconds per batch; records batch sizes and the most calls
+    that ran at once."""
     threshold = 0.5
     input_size = (64, 64)
 
     def __init__(self, delay: float = 0.0):
         self.delay, self.batch_sizes = delay, []
+        self.running = self.most_at_once = 0
+        self.lock = threading.Lock()
 
     def predict_batch(self, images, batch_size=8):
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
         time.sleep(self.delay)
-        self.batch_sizes.append(len(images))
+        with self.lock:
+            self.running -= 1
+            self.batch_sizes.append(len(images))
         return [np.tile(np.linspace(0, 1, im.shape[1], dtype=np.float32), (im.shape[0], 1)) for im in images]
 
 
@@ -166,6 +177,49 @@ def test_limits():
     assert call(small, "POST", "/v1/segment", content=jpeg(100, 100), headers={"content-type": "image/jpeg"}).status_code == 200
 
 
+def png_header(width: int, height: int) -> bytes:
+    """The first bytes of an RGB PNG that says it is width x height (a decompression bomb's start): its
+    header and the start of its pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(3 * width + 1)))
+
+
+def test_a_huge_image_is_refused_from_its_header_under_the_default_limits():
+    r = call(stub_app(), "POST", "/v1/segment", content=png_header(40_000, 40_000), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "over this server's limit of 25,000,000" in r.json()["error"], r.text
+    r = call(stub_app(), "POST", "/v1/segment", content=png_header(6000, 5000), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "30,000,000 pixels is over this server's limit" in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("kwargs, status, words", [
+    ({"content": jpeg(64, 48), "headers": {"content-type": "image/jpeg"}}, 415, "multipart/form-data"),
+    ({"data": {"note": "no file here"}, "files": {"other": ("x.txt", b"x", "text/plain")}}, 422, "no file"),
+    ({"files": [("images", ("big.jpg", b"\xff" * 200_000, "image/jpeg"))]}, 413, "over the limit"),
+])
+def test_batch_bad_requests(kwargs, status, words):
+    small = stub_app(max_body_mb=0.1)
+    r = call(small, "POST", "/v1/segment/batch", **kwargs)
+    assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def test_batch_reports_bad_and_huge_images_one_by_one():
+    files = [("images", ("ok.jpg", jpeg(64, 48), "image/jpeg")), ("images", ("cut.jpg", jpeg(160, 120)[:4000], "image/jpeg")),
+             ("images", ("bomb.png", png_header(40_000, 40_000), "image/png")), ("images", ("empty.jpg", b"", "image/jpeg"))]
+    results = call(stub_app(), "POST", "/v1/segment/batch", files=files).json()["results"]
+    assert [(r["name"], r.get("status", 200)) for r in results] == [("ok.jpg", 200), ("cut.jpg", 400), ("bomb.png", 413),
+                                                                  ("empty.jpg", 400)]
+    assert "truncated" in results[1]["error"] and "pixels" in results[2]["error"] and "empty" in results[3]["error"]
+
+
+@pytest.mark.parametrize("method, url, status", [("GET", "/v1/segment", 405), ("POST", "/healthz", 405),
+                                                 ("DELETE", "/v1/models", 405), ("GET", "/v2/nothing", 404)])
+def test_wrong_methods_and_paths_get_json_errors(method, url, status):
+    r = call(stub_app(), method, url)
+    assert r.status_code == status and r.json()["error"], r.text
+
+
 def test_request_timeout_and_full_queue():
     slow = create_app(StubPredictor(delay=0.5), limits=Limits(timeout_s=0.1, max_queue=1), max_batch=1)
 
@@ -177,7 +231,7 @@ def test_request_timeout_and_full_queue():
     statuses = sorted(r.status_code for r in asyncio.run(go()))
     assert set(statuses) <= {503, 504} and 503 in statuses and 504 in statuses, statuses
     time.sleep(1.0)  # the timed-out work drains; then the server answers again
-    slow.state.batcher.predictor.delay = 0.0
+    slow.state.workers.predictor.delay = 0.0
     assert call(slow, "POST", "/v1/segment", content=jpeg(8, 8), headers={"content-type": "image/jpeg"}).status_code == 200
 
 
@@ -187,13 +241,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_concurrent_clients_on_a_real_server_are_batched(photo_bytes):
-    """8 clients at once against uvicorn on 127.0.0.1: every answer right, and waiting requests were run
-    together (fewer model calls than images)."""
+@contextlib.contextmanager
+def serving(app):
+    """`app` on uvicorn at 127.0.0.1 in a thread: yields its base URL, stops it after."""
     import uvicorn
 
-    stub = StubPredictor(delay=0.3)  # long enough for the other requests to queue up, even on a busy machine
-    app = create_app(stub, model_name="stub")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -203,21 +255,89 @@ def test_concurrent_clients_on_a_real_server_are_batched(photo_bytes):
         while not server.started and time.time() < deadline:
             time.sleep(0.05)
         assert server.started, "uvicorn did not start within 20 s"
-        results = [None] * 8
-
-        def client(i):
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as c:
-                results[i] = c.post("/v1/segment", content=photo_bytes, headers={"content-type": "image/jpeg"})
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
-        assert all(r is not None and r.status_code == 200 for r in results)
-        masks = [png(r) for r in results]
-        assert all(m.shape == (320, 240) and np.array_equal(m, masks[0]) for m in masks)
-        assert sum(stub.batch_sizes) == 8 and len(stub.batch_sizes) < 8, stub.batch_sizes
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def post_at_once(url: str, bodies: list[bytes]) -> list:
+    """One client thread per body, all posting to /v1/segment together; their responses in order."""
+    results = [None] * len(bodies)
+
+    def client(i):
+        with httpx.Client(base_url=url, timeout=30) as c:
+            results[i] = c.post("/v1/segment", content=bodies[i], headers={"content-type": "image/jpeg"})
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=40)
+    return results
+
+
+def test_concurrent_clients_on_a_real_server_run_on_every_worker(photo_bytes):
+    """10 clients at once against uvicorn on 127.0.0.1, good and bad images mixed, 2 workers: every answer
+    right, two requests segmented at a time and never more, and the server serves on afterwards."""
+    stub = StubPredictor(delay=0.3)  # long enough for the other requests to queue up, even on a busy machine
+    bodies = [photo_bytes] * 8 + [b"not an image", photo_bytes[:2000]]
+    with serving(create_app(stub, model_name="stub", workers=2)) as url:
+        results = post_at_once(url, bodies)
+        assert all(r is not None for r in results)
+        assert [r.status_code for r in results] == [200] * 8 + [400, 400], [r.text for r in results]
+        masks = [png(r) for r in results[:8]]
+        assert all(m.shape == (320, 240) and np.array_equal(m, masks[0]) for m in masks)
+        assert stub.batch_sizes == [1] * 8 and stub.most_at_once == 2
+        timing = results[0].headers["server-timing"]
+        assert all(f"{stage};dur=" in timing for stage in ("queue", "decode", "predict", "render", "encode"))
+        assert httpx.get(f"{url}/healthz").json()["images"] == 8
+
+
+def test_waiting_requests_are_batched_when_asked():
+    stub = StubPredictor(delay=0.3)
+    app = create_app(stub, model_name="stub", max_batch=8, workers=1)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            post = lambda: client.post("/v1/segment", content=jpeg(32, 24), headers={"content-type": "image/jpeg"})  # noqa: E731
+            return await asyncio.gather(*(post() for _ in range(8)))
+
+    assert all(r.status_code == 200 and png(r).shape == (24, 32) for r in asyncio.run(go()))
+    assert sum(stub.batch_sizes) == 8 and len(stub.batch_sizes) < 8 and stub.most_at_once == 1, stub.batch_sizes
+
+
+def test_the_server_runs_on_onnx_runtime_without_torch(photo_bytes, tmp_path):
+    """The light install plus the serve extra: the default model on ONNX Runtime behind the app, and
+    `personseg serve`'s parser, with torch and the rest of the train extra unimportable."""
+    from test_torch_free import SHIPPED_ONNX, run_without_torch
+
+    if "accurate" not in SHIPPED_ONNX:
+        pytest.skip("no personseg/weights/accurate.onnx: run python scripts/ship_onnx.py accurate")
+    (tmp_path / "photo.jpg").write_bytes(photo_bytes)
+    result = run_without_torch("""
+        import asyncio, io, sys
+        import httpx
+        import numpy as np
+        from PIL import Image
+        import personseg
+        from personseg.cli import build_parser
+        from personseg.serve import create_app
+
+        build_parser(["serve"]).parse_args(["serve", "--workers", "2"])
+        predictor = personseg.load(spinning=False, threads=1)
+        app = create_app(predictor, model_name="accurate", workers=2)
+
+        async def go():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+                return await client.post("/v1/segment", content=open(sys.argv[1], "rb").read(),
+                                         headers={"content-type": "image/jpeg"})
+
+        r = asyncio.run(go())
+        assert r.status_code == 200, r.text
+        mask = np.asarray(Image.open(io.BytesIO(r.content)))
+        assert mask.shape == (320, 240) and 0.2 < (mask == 255).mean() < 0.9, mask.shape
+        assert predictor.backend == "onnx" and "torch" not in sys.modules
+        print("ok")
+    """, str(tmp_path / "photo.jpg"))
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr
