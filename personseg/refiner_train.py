@@ -75,21 +75,25 @@ class MattingScenes:
         rgb = np.pad(rgb.clip(0, 255), ((pad, pad), (pad, pad), (0, 0)), mode="edge")
         return rgb, a
 
-    def render(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def render(self, seed: int, with_foreground: bool = False):
+        """(image (H, W, 3) uint8, alpha (H, W) float32); `with_foreground` adds the people's own colours
+        F (H, W, 3) float32 (the colour-matched cut-outs, before noise), valid where alpha > 0."""
         from personseg.data import paste
 
         rng = np.random.default_rng(seed)
         back = self.background(rng)
         image = back.astype(np.float32)
         H, W = image.shape[:2]
-        alpha = np.zeros((H, W), np.float32)
+        alpha, fg = np.zeros((H, W), np.float32), np.zeros((H, W, 3), np.float32)
         for scale in np.sort(rng.uniform(0.35, 0.95, size=int(rng.integers(1, 3)))):
             rgb, a = self.person(rng, max(8, round(scale * H)), back.astype(np.float32))
             x = int(rng.integers(-a.shape[1] // 3, max(1 - a.shape[1] // 3, W - 2 * a.shape[1] // 3)))
             y = int(rng.integers(0, max(1, H - a.shape[0] // 2)))
             paste(image, alpha, rgb, a, x, y)
+            paste(fg, np.zeros_like(alpha), rgb, (a > 0).astype(np.float32), x, y)
         image += rng.normal(0, rng.uniform(0, 4), image.shape).astype(np.float32)
-        return image.round().clip(0, 255).astype(np.uint8), alpha
+        image = image.round().clip(0, 255).astype(np.uint8)
+        return (image, alpha, fg) if with_foreground else (image, alpha)
 
 
 class MaskPhotos:

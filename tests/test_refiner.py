@@ -114,3 +114,23 @@ def test_matting_scenes_are_deterministic_with_soft_alpha_and_split(data_dir):
     assert np.array_equal(image, again) and np.array_equal(alpha, alpha2)
     assert 480 <= max(image.shape[:2]) <= 960 and alpha.shape == image.shape[:2]
     assert ((alpha > 0.05) & (alpha < 0.95)).sum() > 100 and alpha.max() > 0.99
+
+
+def test_training_crops_equal_the_whole_picture():
+    """crop_alpha (training's edge-centred crops) gives the whole-picture alpha on its pixels, at the
+    borders too (bilinear source rows clamped as the resize clamps them)."""
+    from personseg.refiner_train import crop_alpha, predict_alpha
+    from personseg.guided_filter import area_downsample, coefficients
+
+    rgb, prob = photo_and_prob(3, 61, 97, 23, 37)
+    guide = area_downsample(rgb, *prob.shape)
+    s = {"image": rgb, "prob": prob,
+         "guide_lr": torch.from_numpy(guide.transpose(2, 0, 1)[None].astype(np.float32)),
+         "coef": torch.from_numpy(coefficients(guide, prob.astype(np.float64), 1, 1e-5)[None].astype(np.float32))}
+    refiner = randomize(DeepGuidedFilterRefiner(hidden=8), scale=0.2)
+    with torch.no_grad():
+        full = predict_alpha(refiner, s)
+        for y, x in ((0, 0), (13, 27), (5, 11)):
+            crop, (Y0, Y1, X0, X1) = crop_alpha(refiner, s, y, x, size=10)
+            assert crop.shape == (Y1 - Y0, X1 - X0) and crop.numel() > 0
+            assert torch.allclose(crop, full[Y0:Y1, X0:X1], atol=1e-5)
