@@ -8,13 +8,13 @@
 
 Decisions (the figures: benchmarks/serve.py, training_logs/serve_benchmark.txt):
 
-* One model, loaded once and shared by `workers` threads (`Workers`). Each takes a waiting request and
-  does all of its CPU work: decode, `predict_batch`, render, PNG encode. The event loop only moves bytes,
-  and no more images are in flight than there are workers, so nothing fights for the cores. Several
-  workers with one ONNX Runtime thread each beat one worker with all the cores: half of `predict` (the
-  guided filter, decoding, encoding) runs on one core, which the other workers fill.
+* One model, loaded once and shared by `workers` threads (`Workers`, default 1). A worker takes a waiting
+  request and does all of its CPU work: decode, `predict_batch`, render, PNG encode. The event loop only
+  moves bytes, and no more images are in flight than there are workers, so nothing fights for the cores.
+  Each model call gets cores / workers ONNX Runtime threads (at most 4). On the shared 2-core machine two
+  workers of one thread gave the throughput of one worker of two threads, with a longer tail, hence 1.
 * Batching: a worker takes up to `max_batch` waiting requests and runs their images in one model call.
-  On CPU that is slower per image (measured), so the default is 1; on a GPU, raise it.
+  On CPU that is slower per image and has a longer tail (measured), so the default is 1; on a GPU, raise it.
 * PNG compression level 1: on a 600x800 cut-out 1.5x as fast as OpenCV's default 3, for 4% more bytes.
 * Limits: body size (413), pixels (413, checked from the header before decoding), time per request (504),
   images waiting (503 when the queue is full, so overload is refused fast instead of piling up). Every
@@ -76,9 +76,11 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers() -> int:
-    """Workers when --workers is not given: one per core, at most 4 (then each gets more ORT threads)."""
-    return min(cores(), 4)
+def default_threads(workers: int) -> int:
+    """ONNX Runtime threads per model call when --threads is not given: the cores / workers, at most 4."""
+    from personseg.onnx_backend import MAX_THREADS
+
+    return min(MAX_THREADS, max(1, cores() // workers))
 
 
 # ---------------------------------------------------------------------------------------- the work
@@ -442,11 +444,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes the "
                              "API to the network, with no authentication)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    parser.add_argument("--workers", type=positive_int, metavar="N",
-                        help=f"threads running requests at once, each sharing the one model (default: the "
-                             f"cores, at most 4; here {default_workers()})")
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                        help="requests run at once, sharing the one model (default: 1; on many cores, try "
+                             "cores / 4 with --threads 4)")
     parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="ONNX Runtime threads per model call (default: the cores / --workers)")
+                        help="ONNX Runtime threads per model call (default: the cores / --workers, at most 4)")
     parser.add_argument("--max-batch", type=positive_int, default=1, metavar="N",
                         help="waiting images a worker runs through the model together (default: 1, as on CPU "
                              "batches are slower per image; try 8 on a GPU)")
@@ -464,17 +466,16 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     warn_if_public(args.host, "the API")
-    workers = args.workers or default_workers()
     try:
-        # ORT's threads do not spin-wait: the other workers' decoding, filtering and encoding share the cores
-        predictor = load_predictor(args, spinning=False, threads=args.threads or max(1, cores() // workers))
+        # ORT's threads do not spin-wait: decoding, filtering and encoding (and other workers) share the cores
+        predictor = load_predictor(args, spinning=False, threads=args.threads or default_threads(args.workers))
     except (OSError, ValueError) as e:
         print(f"personseg serve: cannot load the model: {e}", file=sys.stderr)
         return 2
     limits = Limits(max_body_mb=args.max_body_mb, max_pixels=args.max_pixels, timeout_s=args.timeout,
                     max_queue=args.max_queue)
     name = Path(args.model).stem if args.model else "default"
-    app = create_app(predictor, model_name=name, limits=limits, max_batch=args.max_batch, workers=workers)
+    app = create_app(predictor, model_name=name, limits=limits, max_batch=args.max_batch, workers=args.workers)
     uvicorn.run(app, host=args.host, port=args.port, log_level=os.environ.get("PERSONSEG_LOG_LEVEL", "info"),
                 timeout_keep_alive=5, limit_concurrency=4 * limits.max_queue)
     return 0
