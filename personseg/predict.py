@@ -26,6 +26,7 @@ import numpy as np
 from personseg.extras import TRAIN_EXTRA, MissingExtraError
 from personseg.guided_filter import area_downsample
 from personseg.refiner import refine_mode
+from personseg.regions import METADATA_KEY as REGIONS_KEY, RegionFilter
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "accurate"
@@ -183,10 +184,13 @@ class Predictor:
     upsampling): twice the model's time for a steadier mask (the card of each model says how much).
     `keep`: "all" people found, or only the "largest" connected person region (`keep_largest`), for
     one-person cut-outs of photos with bystanders.
+    `regions`: the `personseg.regions.RegionFilter` that drops unconfident person regions of the
+    low-resolution probability before upsampling; None: the one the model file carries (off if none).
     Recurrent models (`self.recurrent`) run videos frame by frame with `step`; `predict` sees stills."""
 
     def __init__(self, model, *, spec: InputSpec = InputSpec(), threshold: float = 0.5, refine: bool = True,
-                 device: str | None = "cpu", info: dict | None = None, tta: bool = False, keep: str = "all"):
+                 device: str | None = "cpu", info: dict | None = None, tta: bool = False, keep: str = "all",
+                 regions: RegionFilter | None = None):
         if keep not in KEEP:
             raise ValueError(f"keep={keep!r}: choose one of {', '.join(KEEP)}")
         if _is_torch_module(model):
@@ -202,6 +206,10 @@ class Predictor:
         self.refine, self.tta, self.keep = refine, tta, keep
         self.refiner = None  # a trained refiner.DeepRefiner, attached by load() for shipped models
         self.info = info or {}
+        if regions is None:  # an ONNX file's metadata_props, or a checkpoint's meta
+            props = self.info if REGIONS_KEY in self.info else self.info.get("meta", {})
+            regions = RegionFilter.from_metadata(props, self.info.get("path", "the model file"))
+        self.regions = regions
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -343,9 +351,10 @@ class Predictor:
         return prob, state if self.recurrent else heads, small
 
     def _finish(self, rgb: np.ndarray, prob: np.ndarray, small: np.ndarray | None = None) -> np.ndarray:
-        """A low-resolution probability -> the alpha of `rgb`: upsampled (`small`: `rgb` downsampled to
-        the probability's size, see `downsample`), then `keep` applied."""
-        alpha = self.upsample(rgb, prob, small)
+        """A low-resolution probability -> the alpha of `rgb`: unconfident regions dropped (`regions`),
+        upsampled (`small`: `rgb` downsampled to the probability's size, see `downsample`), then `keep`
+        applied."""
+        alpha = self.upsample(rgb, self.regions(prob, self.threshold), small)
         return keep_largest(alpha, self.threshold) if self.keep == "largest" else alpha
 
     def upsample(self, rgb: np.ndarray, prob: np.ndarray, small: np.ndarray | None = None) -> np.ndarray:
@@ -434,7 +443,8 @@ def _with_refiner(predictor: Predictor, model_file: Path, refine, threads, spinn
 
 def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool | str = True,
          tta: bool | None = None, keep: str = "all", backend: str = "auto", threads: int | None = None,
-         spinning: bool = True, threshold: float | None = None) -> Predictor:
+         spinning: bool = True, threshold: float | None = None,
+         regions: bool | RegionFilter | None = None) -> Predictor:
     """A predictor from a shipped model's name ("accurate", "fast"; None = the default), an ONNX file
     from `personseg export`, or a .pt checkpoint (needs torch: the `train` extra).
 
@@ -445,7 +455,16 @@ def load(path_or_name: str | Path | None = None, device: str | None = "cpu", ref
     filter shipped beside the model, personseg/weights/NAME_refiner.onnx), "guided" (the analytic one),
     "none" (bilinear); True or "auto": deep when the model ships a refiner, else guided; False: none.
     `threshold` None: the model's own. `threads` and `spinning`: ONNX Runtime's intra-op threads
-    (default: the usable cores, at most 4) and whether they spin-wait."""
+    (default: the usable cores, at most 4) and whether they spin-wait. `regions`: None or True, the
+    model's own region filter (`personseg.regions`: unconfident person regions dropped); False, none;
+    or a `RegionFilter`."""
+    predictor = _load(path_or_name, device, refine, tta, keep, backend, threads, spinning, threshold)
+    if regions is not None and regions is not True:
+        predictor.regions = regions or RegionFilter()
+    return predictor
+
+
+def _load(path_or_name, device, refine, tta, keep, backend, threads, spinning, threshold) -> Predictor:
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     name = str(path_or_name or DEFAULT_MODEL)

@@ -143,6 +143,33 @@ def test_predictor_keep_largest():
         Predictor(TwoBlobs(), keep="main")
 
 
+class ConfidentAndWeak(torch.nn.Module):
+    """A stand-in model: a confident person on the left (probability 0.99), a weak blob on the right (0.8)."""
+
+    def forward(self, x):
+        logits = torch.full((x.shape[0], 1, *x.shape[2:]), -10.0)
+        h, w = x.shape[2:]
+        logits[..., h // 4:, : w // 2] = 4.6
+        logits[..., h // 2:, 3 * w // 4:] = 1.4
+        return logits
+
+
+def test_predictor_region_filter_from_the_model_description_and_overridden():
+    from personseg.regions import RegionFilter
+
+    image, spec = np.zeros((64, 96, 3), np.uint8), InputSpec((96, 64))
+    plain = Predictor(ConfidentAndWeak(), spec=spec).predict_mask(image)
+    assert plain[:, 80:].any()  # no filter in the description: both regions
+    meta = {"meta": RegionFilter(level=0.95).metadata()}  # a checkpoint's meta, as JSON text
+    filtered = Predictor(ConfidentAndWeak(), spec=spec, info=meta).predict_mask(image)
+    assert not filtered[:, 80:].any()
+    np.testing.assert_array_equal(filtered[:, :48], plain[:, :48])
+    off = Predictor(ConfidentAndWeak(), spec=spec, info=meta, regions=RegionFilter()).predict_mask(image)
+    np.testing.assert_array_equal(off, plain)
+    with pytest.raises(ValueError, match="region_filter"):
+        Predictor(ConfidentAndWeak(), spec=spec, info={"meta": {"region_filter": '{"level": 2}'}})
+
+
 def test_predictor_rejects_wrong_arrays(tiny):
     seg = personseg.load(tiny[1])
     with pytest.raises(ValueError, match="uint8"):
