@@ -299,3 +299,18 @@ def test_load_takes_the_threshold_the_cli_passes(tiny_checkpoint):
     args = parser.parse_args(["--model", str(tiny_checkpoint), "--device", "cpu", "--threshold", "0.3"])
     assert load_predictor(args).threshold == 0.3 != own
     assert personseg.load(tiny_checkpoint, threshold=0.7).threshold == 0.7
+
+
+def test_min_peak_flag_sets_the_region_filter(tiny_checkpoint):
+    from argparse import ArgumentParser
+
+    from personseg.cli import add_predictor_arguments, load_predictor
+    from personseg.regions import RegionFilter
+
+    parser = ArgumentParser()
+    add_predictor_arguments(parser)
+    plain = parser.parse_args(["--model", str(tiny_checkpoint), "--device", "cpu"])
+    assert not load_predictor(plain).regions.active
+    args = parser.parse_args(["--model", str(tiny_checkpoint), "--device", "cpu", "--min-peak", "0.9"])
+    assert load_predictor(args).regions == RegionFilter(level=0.9, support=0.3)
+    assert not personseg.load(tiny_checkpoint, regions=False).regions.active

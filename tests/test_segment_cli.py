@@ -156,7 +156,7 @@ def test_help_lists_every_option():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     for option in ["--output", "--save", "--background", "--threshold", "--no-refine", "--model", "--tta", "--keep",
-                   "--device", "--batch-size", "--recursive", "--overwrite", "--quiet", "examples:"]:
+                   "--device", "--batch-size", "--recursive", "--overwrite", "--quiet", "--min-peak", "examples:"]:
         assert option in result.stdout
 
 
