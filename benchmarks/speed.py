@@ -116,13 +116,13 @@ def end_to_end_photos(data: Path, threads: int | None, runs: int) -> list[dict]:
                 size = model_size(height, width, seg.input_size)
                 x = preprocess([rgb], size, seg.mean, seg.std)
                 x = np.concatenate([x, x[..., ::-1]]) if tta else x
-                prob = seg._forward([rgb], size)[0]
+                prob, _, small = seg._forward([rgb], size)  # the guide predict() hands the filter
                 rows.append({
                     "model": name, "precision": seg.info.get("precision"), "tta": tta, "size": [width, height],
                     "predict_ms": _median_ms(lambda: seg.predict(rgb), runs),
                     "preprocess_ms": _median_ms(lambda: preprocess([rgb], size, seg.mean, seg.std), runs),
                     "network_ms": _median_ms(lambda: seg.run(x), runs),
-                    "guided_filter_ms": _median_ms(lambda: refine_alpha(rgb, prob), runs),
+                    "guided_filter_ms": _median_ms(lambda: refine_alpha(rgb, prob[0], guide_lr=small[0]), runs),
                     "threads": seg.model.threads})
                 print(rows[-1], file=sys.stderr)
     return rows

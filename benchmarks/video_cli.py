@@ -3,8 +3,9 @@
     python benchmarks/video_cli.py                       # fast and accurate, 854x480 and 1280x720, 270 frames
     python benchmarks/video_cli.py --models fast --frames 90
 
-Clips: dance-twirl (DATA/video) resized to each size and looped to --frames frames, written as 30 fps
-H.264 (crf 18, veryfast), as a phone or screen recorder would hand them over (not timed).
+Clips: the DAVIS frames (DATA/video) at each size, --frames of them, as 30 fps H.264 (benchmarks/speed.py's
+make_clip, not timed). `python benchmarks/speed.py --end-to-end` times the same pipeline in-process;
+this script adds what a user's command costs around it and the stages one by one.
 
 End to end: `personseg video CLIP -o OUT.mp4 --model M --quiet` in a subprocess with every default
 (background blur, temporal median, batch 4, ORT threads = the usable cores), wall time from start to
@@ -29,25 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
-import cv2
-import numpy as np
+from speed import make_clip  # benchmarks/speed.py: the DAVIS frames as a 30 fps H.264 clip
 
 SIZES = {"480p": (854, 480), "720p": (1280, 720)}
-
-
-def make_clip(frames_dir: Path, size: tuple[int, int], frames: int, path: Path) -> Path:
-    """`frames` frames of the folder's JPEGs, looped and resized to `size`, as a 30 fps H.264 mp4."""
-    files = sorted(frames_dir.glob("*.jpg"))
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30, options={"crf": "18", "preset": "veryfast"})
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        for i in range(frames):
-            rgb = cv2.cvtColor(cv2.imread(str(files[i % len(files)])), cv2.COLOR_BGR2RGB)
-            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        container.mux(stream.encode(None))
-    return path
 
 
 def cli_seconds(clip: Path, out: Path, model: str) -> float:
@@ -99,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=270, help="frames per clip (default: 270, 9 s at 30 fps)")
     parser.add_argument("--runs", type=int, default=2, help="end-to-end runs per case, median kept (default: 2)")
     args = parser.parse_args(argv)
-    frames_dir = Path(args.data) / "video" / "dance-twirl" / "frames"
-    if not frames_dir.is_dir():
-        parser.error(f"{frames_dir}: no such folder; pass --data (the shared data folder with video/dance-twirl)")
+    data = Path(args.data)
+    if not (data / "video").is_dir():
+        parser.error(f"{data / 'video'}: no such folder; pass --data (the shared data folder with video/)")
     print(f"# python benchmarks/video_cli.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"# {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, "
           f"load average {os.getloadavg()[0]:.1f} at start")
@@ -109,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(scratch)
         for label in args.sizes.split(","):
             size = SIZES[label]
-            clip = make_clip(frames_dir, size, args.frames, tmp / f"{label}.mp4")
-            one = make_clip(frames_dir, size, 1, tmp / f"{label}_1.mp4")
+            clip = make_clip(data, tmp / f"{label}.mp4", *size, args.frames)
+            one = make_clip(data, tmp / f"{label}_1.mp4", *size, 1)
             for model in args.models.split(","):
                 wall = statistics.median(cli_seconds(clip, tmp / "out.mp4", model) for _ in range(args.runs))
                 startup = cli_seconds(one, tmp / "out1.mp4", model)
