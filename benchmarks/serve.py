@@ -4,7 +4,7 @@ p50 / p99 latency at 1, 4 and 16 clients for each server setting compared, where
 over 1,000 requests after warm-up.
 
     python benchmarks/serve.py                         # the default model, 16 600x800 portraits as they are
-    python benchmarks/serve.py --model fast --setting workers=2,threads=1 --setting workers=1,max-batch=4
+    python benchmarks/serve.py --model fast --setting workers=1,threads=2 --setting max-batch=4
 
 The server is a `personseg serve` subprocess on 127.0.0.1 (its own process, as in use); the clients are
 threads here. Every phase has a request count and a deadline, and each server is stopped at the end. On a
@@ -190,8 +190,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="requests per latency level (default: 64)")
     parser.add_argument("--rss-requests", type=int, default=1000, help="requests of the memory phase (default: 1000)")
     parser.add_argument("--setting", action="append", metavar="K=V,...",
-                        help="serve options to compare, e.g. workers=2,threads=1 (repeatable; default: the "
-                             "defaults, two one-thread workers, batches of 4); the memory phase runs on the first")
+                        help="serve options to compare, e.g. workers=1,threads=2 (repeatable; default: the "
+                             "defaults, one worker, batches of 4); the memory phase runs on the first")
     parser.add_argument("--deadline", type=float, default=300, help="seconds per phase at most (default: 300)")
     args = parser.parse_args()
 
@@ -211,7 +211,7 @@ def main() -> None:
         figures.append(max(timed.values()))
         return figures[-1], " / ".join(f"{name} {v:.2f}" for name, v in timed.items())
 
-    settings = args.setting or ["", "workers=2,threads=1", "max-batch=4"]
+    settings = args.setting or ["", "workers=1", "max-batch=4"]
     for i, setting in enumerate(settings):
         run_setting(args, setting, images, baseline, rss=i == 0 and args.rss_requests > 0)
     print(f"\nin-process predict(): {min(figures):.2f} to {max(figures):.2f} images/s, median "

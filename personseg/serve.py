@@ -8,11 +8,14 @@
 
 Decisions (the figures: benchmarks/serve.py, training_logs/serve_benchmark.txt):
 
-* One model, loaded once and shared by `workers` threads (`Workers`, default 1). A worker takes a waiting
-  request and does all of its CPU work: decode, `predict_batch`, render, PNG encode. The event loop only
-  moves bytes, and no more images are in flight than there are workers, so nothing fights for the cores.
-  Each model call gets cores / workers ONNX Runtime threads (at most 4). On the shared 2-core machine two
-  workers of one thread gave the throughput of one worker of two threads, with a longer tail, hence 1.
+* One model, loaded once and shared by `workers` threads (`Workers`; default one per core, at most 4). A
+  worker takes a waiting request and does all of its CPU work: decode, `predict_batch`, render, PNG
+  encode. The event loop only moves bytes, and no more images are in flight than there are workers, so
+  nothing fights for the cores. Each model call gets cores / workers ONNX Runtime threads (at most 4).
+  Why not one worker with all the cores: much of `predict` (the guided filter) and the decoding and
+  encoding run on one core, which a second worker fills; on the shared 2-core machine two one-thread
+  workers did 1.1x the images of one two-thread worker over six alternating rounds (1.6x when the
+  other engineers' jobs left the cores free), and the same when they did not.
 * Batching: a worker takes up to `max_batch` waiting requests and runs their images in one model call.
   On CPU that is slower per image and has a longer tail (measured), so the default is 1; on a GPU, raise it.
 * PNG compression level 1: on a 600x800 cut-out 1.5x as fast as OpenCV's default 3, for 4% more bytes.
@@ -74,6 +77,11 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Workers when --workers is not given: one per core, at most 4."""
+    return min(cores(), 4)
 
 
 def default_threads(workers: int) -> int:
@@ -444,9 +452,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes the "
                              "API to the network, with no authentication)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                        help="requests run at once, sharing the one model (default: 1; on many cores, try "
-                             "cores / 4 with --threads 4)")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
+                        help="requests run at once, sharing the one model (default: one per core, at most 4; "
+                             "here %(default)s)")
     parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="ONNX Runtime threads per model call (default: the cores / --workers, at most 4)")
     parser.add_argument("--max-batch", type=positive_int, default=1, metavar="N",
