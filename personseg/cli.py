@@ -89,7 +89,8 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, *, default_model: s
     parser.add_argument("--refine", choices=REFINE, default="auto",
                         help="how the model's low-resolution output reaches the photo's size: deep (the trained "
                              "guided filter shipped with the model), guided (the analytic one), none "
-                             "(bilinear); auto: deep when the model ships one, else guided (default: auto)")
+                             "(bilinear); auto: guided (the trained one measured worse IoU: MODEL_CARD.md, Edges) "
+                             "(default: auto)")
     own = "the model's own setting: off for the shipped models (it did not pay: MODEL_CARD.md) and your checkpoints"
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=default_tta,
                         help="also run the model on the mirror image and average: a little more accurate, "

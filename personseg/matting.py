@@ -114,15 +114,24 @@ def edge_band(alpha: np.ndarray, radius: int = 3, low: float = 0.02, high: float
     return cv2.dilate(soft, k) > 0
 
 
-def _blur_fusion(image: np.ndarray, fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, r: int):
+def _blur_fusion(image: np.ndarray, fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, r: int,
+                 means: tuple[np.ndarray, np.ndarray] | None = None):
     """One Blur-Fusion step: local means of F (alpha-weighted) and B ((1 - alpha)-weighted) over an r x r
-    box, then F = F_mean + alpha (I - alpha F_mean - (1 - alpha) B_mean). All float32 in [0, 1]."""
+    box (or `means` given), then F = F_mean + alpha (I - alpha F_mean - (1 - alpha) B_mean). All float32
+    in [0, 1]. Returns F and B_mean."""
+    a = alpha[..., None]
+    f_mean, b_mean = means or _local_means(fg, bg, alpha, r)
+    f = f_mean + a * (image - a * f_mean - (1 - a) * b_mean)
+    return np.clip(f, 0, 1, out=f), b_mean
+
+
+def _local_means(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """The alpha-weighted r x r box mean of `fg` and the (1 - alpha)-weighted one of `bg`."""
     a = alpha[..., None]
     blurred_alpha = cv2.blur(alpha, (r, r))[..., None]
     f_mean = cv2.blur(fg * a, (r, r)) / (blurred_alpha + 1e-5)
     b_mean = cv2.blur(bg * (1 - a), (r, r)) / ((1 - blurred_alpha) + 1e-5)
-    f = f_mean + a * (image - a * f_mean - (1 - a) * b_mean)
-    return np.clip(f, 0, 1, out=f), b_mean
+    return f_mean, b_mean
 
 
 def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray, r: int | None = None) -> np.ndarray:
@@ -131,12 +140,22 @@ def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray, r: int | None = None
     rgb (H, W, 3) uint8, alpha (H, W) float in [0, 1] -> (H, W, 3) uint8 foreground F with I = alpha F +
     (1 - alpha) B. r = 90, the paper's value, whatever the size: the first pass's window must reach past
     the soft band (a few low-resolution pixels of the model, tens of pixels in a large photo) into clean
-    foreground and background. Six box blurs, O(1) in r (benchmarks/matting.py times it)."""
+    foreground and background. The first pass's means (a 90-pixel box: smooth) are taken at a quarter of
+    the size and upsampled, which cut its cost ~10x; benchmarks/matting.py times the whole."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or alpha.shape != rgb.shape[:2]:
         raise ValueError(f"expected rgb (H, W, 3) and alpha (H, W) of its size, got {rgb.shape} and {alpha.shape}")
     r = r or 90
+    H, W = alpha.shape
     image = rgb.astype(np.float32) * np.float32(1 / 255)
     a = np.clip(alpha, 0, 1).astype(np.float32)
-    fg, bg = _blur_fusion(image, image, image, a, r)
+    k = max(1, min(r // 20, H // 8, W // 8))  # the reduction of the first pass
+    if k > 1:
+        size = (max(1, W // k), max(1, H // k))
+        small_image, small_a = (cv2.resize(x, size, interpolation=cv2.INTER_AREA) for x in (image, a))
+        means = _local_means(small_image, small_image, small_a, max(3, round(r / k)))
+        means = tuple(cv2.resize(m, (W, H), interpolation=cv2.INTER_LINEAR) for m in means)
+        fg, bg = _blur_fusion(image, image, image, a, r, means)
+    else:
+        fg, bg = _blur_fusion(image, image, image, a, r)
     fg, _ = _blur_fusion(image, fg, bg, a, 6)
     return np.round(fg * 255).astype(np.uint8)

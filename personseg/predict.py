@@ -429,11 +429,12 @@ def _load_shipped(name: str, device, refine, tta, keep, threshold, backend: str,
 
 
 def _with_refiner(predictor: Predictor, model_file: Path, refine, threads, spinning) -> Predictor:
-    """Attach the trained refiner shipped beside `model_file` (refine "auto" or "deep"; "deep" needs one)."""
-    from personseg.refiner import shipped_refiner
+    """Attach the trained refiner shipped beside `model_file` for refine "deep" (it needs one), and for
+    "auto" when refiner.AUTO says so."""
+    from personseg.refiner import AUTO, shipped_refiner
 
     mode = refine_mode(refine)
-    if mode in ("auto", "deep"):
+    if mode == "deep" or (mode == "auto" and AUTO == "deep"):
         predictor.refiner = shipped_refiner(model_file, threads, spinning)
         if predictor.refiner is None and mode == "deep":
             raise FileNotFoundError(f"refine='deep': no trained refiner {model_file.stem}_refiner.onnx in "
@@ -453,7 +454,8 @@ def load(path_or_name: str | Path | None = None, device: str | None = "cpu", ref
     setting. `keep`: "all" people, or the "largest" person region only (picked at the threshold).
     `refine`: how the low-resolution probability reaches the photo's size: "deep" (the trained guided
     filter shipped beside the model, personseg/weights/NAME_refiner.onnx), "guided" (the analytic one),
-    "none" (bilinear); True or "auto": deep when the model ships a refiner, else guided; False: none.
+    "none" (bilinear); True or "auto": `refiner.AUTO` when the model ships a refiner (guided: see
+    MODEL_CARD.md, "Edges"), else guided; False: none.
     `threshold` None: the model's own. `threads` and `spinning`: ONNX Runtime's intra-op threads
     (default: the usable cores, at most 4) and whether they spin-wait. `regions`: None or True, the
     model's own region filter (`personseg.regions`: unconfident person regions dropped); False, none;

@@ -16,7 +16,11 @@ import numpy as np
 
 from personseg.guided_filter import apply_coefficients, area_downsample, coefficients, default_radius
 
-REFINE = ("auto", "deep", "guided", "none")  # auto: deep when the model ships a refiner, else guided
+REFINE = ("auto", "deep", "guided", "none")
+# What "auto" (the default) runs when a model ships a refiner: guided, because the trained refiner measured
+# worse IoU on every real validation folder and worse edge-band MSE and gradient error on composites
+# (benchmarks/matting.py, MODEL_CARD.md "Edges"); refine="deep" runs it.
+AUTO = "guided"
 FORMAT = "personseg-refiner"
 
 

@@ -134,3 +134,21 @@ def test_training_crops_equal_the_whole_picture():
             crop, (Y0, Y1, X0, X1) = crop_alpha(refiner, s, y, x, size=10)
             assert crop.shape == (Y1 - Y0, X1 - X0) and crop.numel() > 0
             assert torch.allclose(crop, full[Y0:Y1, X0:X1], atol=1e-5)
+
+
+def test_shipped_refiner_is_opt_in():
+    """accurate ships a refiner trained on its own ONNX file; "auto" (the default) runs the analytic filter
+    (refiner.AUTO, by the measurements), refine="deep" the trained one, which keeps the astronaut."""
+    from skimage import data
+
+    from personseg.refiner import AUTO
+
+    rgb = data.astronaut()
+    default, deep = personseg.load("accurate"), personseg.load("accurate", refine="deep")
+    assert (default.refiner is None) == (AUTO == "guided")
+    assert deep.refiner is not None and deep.refiner.info["model"] == "accurate.onnx"
+    a, b = default.predict(rgb), deep.predict(rgb)
+    assert a.shape == b.shape == rgb.shape[:2] and np.abs(a - b).max() > 1e-2
+    mask = b >= 0.5  # the shipped-model contract of tests/test_shipped_models.py (it also shrinks the
+    assert mask[80:160, 180:260].mean() > 0.9 and mask[200:450, 100:300].mean() > 0.9  # mask: 46% vs 53%)
+    assert mask[0:250, 380:500].mean() < 0.1
