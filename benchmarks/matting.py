@@ -111,15 +111,14 @@ def timing_table(predictor, data: Path, repeat: int) -> None:
     for W, H in ((1280, 720), (1920, 1080)):
         rgb = cv2.resize(photo, (W, H), interpolation=cv2.INTER_LINEAR)
         prob = model_probability(predictor, rgb)
-        times = {}
-        for method in METHODS:
-            upsample(predictor, method, rgb, prob)  # warm-up
-            runs = []
-            for _ in range(repeat):
+        runs: dict[str, list[float]] = {m: [] for m in METHODS}
+        for i in range(repeat + 1):  # methods interleaved, so a busy spell of the shared machine hits all
+            for method in METHODS:
                 t = time.perf_counter()
                 upsample(predictor, method, rgb, prob)
-                runs.append((time.perf_counter() - t) * 1000)
-            times[method] = statistics.median(runs)
+                if i:  # the first round warms up
+                    runs[method].append((time.perf_counter() - t) * 1000)
+        times = {m: statistics.median(r) for m, r in runs.items()}
         print(f"{W}x{H} (model {prob.shape[1]}x{prob.shape[0]}): " + ", ".join(f"{m} {t:.2f}" for m, t in times.items())
               + f"; deep - guided = {times['deep'] - times['guided']:+.2f} ms")
     rgb = cv2.resize(photo, (1280, 720), interpolation=cv2.INTER_LINEAR)
