@@ -13,9 +13,9 @@ Decisions (the figures: benchmarks/serve.py, training_logs/serve_benchmark.txt):
   encode. The event loop only moves bytes, and no more images are in flight than there are workers, so
   nothing fights for the cores. Each model call gets cores / workers ONNX Runtime threads (at most 4).
   Why not one worker with all the cores: much of `predict` (the guided filter) and the decoding and
-  encoding run on one core, which a second worker fills; on the shared 2-core machine two one-thread
-  workers did 1.1x the images of one two-thread worker over six alternating rounds (1.6x when the
-  other engineers' jobs left the cores free), and the same when they did not.
+  encoding run on one core, which a second worker fills: on the shared 2-core machine two one-thread
+  workers did 1.12x the images of one two-thread worker over alternating rounds
+  (benchmarks/serve_workers.py), and 15.1 against 9.2 images/s at 4 HTTP clients (benchmarks/serve.py).
 * Batching: a worker takes up to `max_batch` waiting requests and runs their images in one model call.
   On CPU that is slower per image and has a longer tail (measured), so the default is 1; on a GPU, raise it.
 * PNG compression level 1: on a 600x800 cut-out 1.5x as fast as OpenCV's default 3, for 4% more bytes.
