@@ -75,10 +75,10 @@ def overlay(
     return out
 
 
-def compare(rgb: np.ndarray, alpha: np.ndarray, threshold: float) -> np.ndarray:
+def compare(rgb: np.ndarray, alpha: np.ndarray, threshold: float, foreground: bool = True) -> np.ndarray:
     """(H, 3W, 3) RGB: original | mask | cut-out on a checkerboard, side by side."""
     binary = np.repeat(mask(alpha, threshold)[..., None], 3, axis=2)
-    on_checkerboard = replace_background(rgb, alpha, checkerboard(*rgb.shape[:2]))
+    on_checkerboard = replace_background(rgb, alpha, checkerboard(*rgb.shape[:2]), foreground)
     return np.hstack([rgb, binary, on_checkerboard])
 
 
@@ -170,7 +170,8 @@ def parse_background(value: str, images: bool = True) -> Background:
 
 
 class Output(NamedTuple):
-    """One output kind: `render(rgb, alpha, threshold, background)` -> its picture, the `suffix` of its
+    """One output kind: `render(rgb, alpha, threshold, background, foreground)` -> its picture (`foreground`:
+    the person's own colours at soft edges, see `cutout`), the `suffix` of its
     file after the input's stem, a one-line `about` for --help, and whether the picture is `rgba`
     (videos of it are then QuickTime Animation .mov files or folders of PNGs)."""
     render: Callable[..., np.ndarray]
@@ -182,25 +183,27 @@ class Output(NamedTuple):
 # The output kinds of `personseg segment --save`, `personseg video --output-kind`, the server's `output=`
 # and the Ray job. Pictures for people to look at are JPEG (small); exact data is PNG.
 OUTPUTS: dict[str, Output] = {
-    "mask": Output(lambda rgb, alpha, t, back: mask(alpha, t), "_mask.png",
+    "mask": Output(lambda rgb, alpha, t, back, fg: mask(alpha, t), "_mask.png",
                    "8-bit mask: 255 = person, 0 = background (alpha >= --threshold)"),
-    "alpha": Output(lambda rgb, alpha, t, back: soft_alpha(alpha), "_alpha.png", "8-bit soft alpha, 0..255"),
-    "cutout": Output(lambda rgb, alpha, t, back: cutout(rgb, alpha), "_cutout.png",
+    "alpha": Output(lambda rgb, alpha, t, back, fg: soft_alpha(alpha), "_alpha.png", "8-bit soft alpha, 0..255"),
+    "cutout": Output(lambda rgb, alpha, t, back, fg: cutout(rgb, alpha, fg), "_cutout.png",
                      "RGBA cut-out: the picture with the soft alpha as transparency", rgba=True),
-    "overlay": Output(lambda rgb, alpha, t, back: overlay(rgb, alpha, t), "_overlay.jpg",
+    "overlay": Output(lambda rgb, alpha, t, back, fg: overlay(rgb, alpha, t), "_overlay.jpg",
                       "the picture with the mask tinted green and outlined"),
-    "compare": Output(lambda rgb, alpha, t, back: compare(rgb, alpha, t), "_compare.jpg",
+    "compare": Output(lambda rgb, alpha, t, back, fg: compare(rgb, alpha, t, fg), "_compare.jpg",
                       "picture | mask | cut-out on a checkerboard, side by side"),
-    "background": Output(lambda rgb, alpha, t, back: replace_background(rgb, alpha, back), "_background.jpg",
+    "background": Output(lambda rgb, alpha, t, back, fg: replace_background(rgb, alpha, back, fg), "_background.jpg",
                          "the person composited onto --background"),
 }
 
 
-def output(kind: str, rgb: np.ndarray, alpha: np.ndarray, threshold: float, background: Background = "blur") -> np.ndarray:
-    """The picture of one output kind of `OUTPUTS` (`background` is used by "background" only)."""
+def output(kind: str, rgb: np.ndarray, alpha: np.ndarray, threshold: float, background: Background = "blur",
+           foreground: bool = True) -> np.ndarray:
+    """The picture of one output kind of `OUTPUTS` (`background` is used by "background" only; `foreground`
+    by cutout, compare and background)."""
     if kind not in OUTPUTS:
         raise ValueError(f"output {kind!r}: choose one of {', '.join(OUTPUTS)}")
-    return OUTPUTS[kind].render(rgb, alpha, threshold, background)
+    return OUTPUTS[kind].render(rgb, alpha, threshold, background, foreground)
 
 
 class HeadOutput(NamedTuple):

@@ -69,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(resized to cover) or a video file (looped) (default: blur)")
     parser.add_argument("--output-kind", choices=[*OUTPUTS, *OLD_KINDS], default="background", metavar="KIND",
                         help=f"what OUTPUT shows: {', '.join(OUTPUTS)} (default: background; see below)")
+    parser.add_argument("--foreground", action=argparse.BooleanOptionalAction, default=False,
+                        help="estimate the person's own colours at soft edges (Blur-Fusion), so no rim of the "
+                             "old background shows on the new one, as `segment` does for photos; it costs more "
+                             "than the rest of the pipeline per frame (benchmarks/video_cli.py) (default: off)")
     parser.add_argument("--save-masks", metavar="DIR", help="also write 0/255 PNG masks DIR/00000.png, ...")
     parser.add_argument("--save-landmarks", metavar="FILE.jsonl",
                         help="with --model parts: also write each frame's skeletons, one JSON line a frame "
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             output_kind=OLD_KINDS.get(args.output_kind, args.output_kind), save_masks=args.save_masks,
             temporal=args.temporal, hysteresis=args.hysteresis, track=args.track, batch_size=args.batch_size,
             overwrite=args.overwrite, fps=args.fps, save_landmarks=args.save_landmarks,
-            progress=not args.quiet and sys.stderr.isatty())
+            progress=not args.quiet and sys.stderr.isatty(), foreground=args.foreground)
     except VideoError as e:
         return fail(str(e), 1)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

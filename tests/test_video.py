@@ -155,13 +155,26 @@ def test_every_output_kind_means_what_segment_writes(clip, tmp_path):
         process_video(clip, path, predictor, output_kind=kind, temporal="off")
         first = cv2.imread(str(path / "00000.png"), cv2.IMREAD_UNCHANGED) if out.rgba else probe(path)["first"]
         rgb = probe(clip)["first"]
-        expected = render.output(kind, rgb, predictor.predict_batch([rgb])[0], 0.5, "blur")
+        expected = render.output(kind, rgb, predictor.predict_batch([rgb])[0], 0.5, "blur", foreground=False)
         if expected.ndim == 2:
             expected = np.repeat(expected[..., None], 3, axis=2)
         if out.rgba:
             expected = cv2.cvtColor(expected, cv2.COLOR_RGBA2BGRA)
         assert first.shape == expected.shape, kind
         assert np.abs(first.astype(int) - expected).mean() < 6, kind  # H.264 is lossy
+
+
+def test_foreground_colours_only_when_asked(clip, tmp_path, video, monkeypatch):
+    """Video frames keep the photo's colours unless --foreground (Blur-Fusion on every frame is costly)."""
+    from personseg import render
+
+    calls = []
+    real = render.person_colours
+    monkeypatch.setattr(render, "person_colours", lambda rgb, alpha: calls.append(1) or real(rgb, alpha))
+    code, err = video(clip, "-o", tmp_path / "plain.mp4")
+    assert code == 0 and not calls, err
+    code, err = video(clip, "-o", tmp_path / "own.mp4", "--foreground")
+    assert code == 0 and len(calls) == N, err
 
 
 def test_existing_output_needs_overwrite(clip, tmp_path, video):
@@ -550,7 +563,7 @@ def test_sigterm_removes_temporary_outputs_and_the_next_run_removes_stale_ones(c
     stale_file.write_bytes(b"x"), stale_folder.mkdir(), live.write_bytes(b"x")
     frames = []
 
-    def replace_background(rgb, alpha, back):
+    def replace_background(rgb, alpha, back, foreground=True):
         frames.append(1)
         if len(frames) == 3:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -154,7 +154,7 @@ def process_video(source: str | Path | int, output: str | Path, predictor: Predi
                   save_masks: str | Path | None = None, temporal: str = "off", hysteresis: float | None = None,
                   track: bool = False, batch_size: int = 4, threshold: float | None = None, overwrite: bool = False,
                   fps: float | None = None, progress: bool = False, queue_size: int | None = None,
-                  save_landmarks: str | Path | None = None) -> VideoSummary:
+                  save_landmarks: str | Path | None = None, foreground: bool = False) -> VideoSummary:
     """Segment a video (file, folder of frames or camera index) into `output`; see the module doc.
 
     `output_kind`: a kind of `render.OUTPUTS`, drawn on every frame ("background": the person over
@@ -163,7 +163,9 @@ def process_video(source: str | Path | int, output: str | Path, predictor: Predi
     (`TemporalMedian`), ema or flow (`TemporalFilter`), with `hysteresis` (None: the mode's default).
     `track`: segment a crop around the person (`PersonTracker`). `fps` is the frame rate of folders and
     cameras. `save_landmarks`: a .jsonl file for each frame's skeletons (a multi-task model:
-    `LandmarkRecorder`), written when the video is done. Raises `VideoError` (bad input, with `partial` set if something was kept),
+    `LandmarkRecorder`), written when the video is done. `foreground`: the person's own colours at soft
+    edges in cutout, compare and background frames (`render.cutout`); off by default here, as Blur-Fusion
+    on every frame cost more than the rest of the pipeline (benchmarks/video_cli.py). Raises `VideoError` (bad input, with `partial` set if something was kept),
     ValueError, FileNotFoundError or FileExistsError (bad arguments, nothing written).
     """
     output = Path(output)
@@ -178,7 +180,7 @@ def process_video(source: str | Path | int, output: str | Path, predictor: Predi
         check_outputs(output, output_kind, save_masks, overwrite, None if isinstance(src, CameraSource) else src.path)
         with sigterm_exits():  # SIGTERM removes the temporary outputs, as Ctrl-C does
             summary = _run(src, output, output_kind, save_masks, segmenter, smoother, background, threshold,
-                           batch_size, overwrite, progress, queue_size or 2 * batch_size)
+                           batch_size, overwrite, progress, queue_size or 2 * batch_size, foreground)
             if save_landmarks is not None:
                 segmenter.write(save_landmarks)
                 summary.outputs.append(Path(save_landmarks))
@@ -190,7 +192,8 @@ def process_video(source: str | Path | int, output: str | Path, predictor: Predi
 
 
 def _run(src, output: Path, output_kind: str, save_masks: Path | None, segmenter, smoother, background,
-         threshold: float, batch_size: int, overwrite: bool, progress: bool, queue_size: int) -> VideoSummary:
+         threshold: float, batch_size: int, overwrite: bool, progress: bool, queue_size: int,
+         foreground: bool = False) -> VideoSummary:
     """The pipeline of `process_video`, once its arguments are checked: stage, stream, finalize."""
     from tqdm import tqdm
 
@@ -199,7 +202,7 @@ def _run(src, output: Path, output_kind: str, save_masks: Path | None, segmenter
     def pictures(frame: Frame, alpha: np.ndarray) -> Iterator[np.ndarray]:
         """The picture of each writer, made as it is needed: the output kind's, then the mask."""
         back = background.next() if isinstance(background, BackgroundVideo) else background
-        yield render.output(output_kind, frame.rgb, alpha, threshold, back)
+        yield render.output(output_kind, frame.rgb, alpha, threshold, back, foreground)
         yield render.mask(alpha, threshold)
 
     bar = tqdm(total=src.frames or None, unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True)
