@@ -393,8 +393,10 @@ def _check_images(images: list[np.ndarray]) -> None:
 
 
 def shipped_models() -> list[str]:
-    """Names of the models in the package (an .onnx or a .pt in personseg/weights)."""
-    return sorted({p.stem for p in WEIGHTS_DIR.glob("*.onnx")} | {p.stem for p in WEIGHTS_DIR.glob("*.pt")})
+    """Names of the models in the package (an .onnx or a .pt in personseg/weights; NAME_refiner.onnx is
+    a model's trained refiner, `personseg.refiner`, not a model)."""
+    files = [*WEIGHTS_DIR.glob("*.onnx"), *WEIGHTS_DIR.glob("*.pt")]
+    return sorted({p.stem for p in files if not p.stem.endswith("_refiner")})
 
 
 def file_sha256(path: str | Path) -> str:
