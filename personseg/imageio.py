@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from personseg.tempfiles import atomic_write
+
+_PILLOW_LIMIT_LOCK = threading.Lock()  # read_image's swap of Image.MAX_IMAGE_PIXELS
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -65,11 +68,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below replaces it
             # Pillow's own check (2 * Image.MAX_IMAGE_PIXELS, 178,956,970) would speak first, with its
             # number and not ours: open the header without it, and apply `limit` before decoding.
-            pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                im = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = pillow_limit
+            # The swap is of a global: under a lock, or two threads could leave it off for the process.
+            with _PILLOW_LIMIT_LOCK:
+                pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    im = Image.open(path)  # the header only
+                finally:
+                    Image.MAX_IMAGE_PIXELS = pillow_limit
         with im:
             width, height = im.size
             if width * height > limit:

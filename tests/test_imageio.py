@@ -156,3 +156,31 @@ def test_huge_image_is_refused_with_our_limit_not_pillows(tmp_path, monkeypatch)
     message = str(info.value)
     assert "100,000,000" in message and "PERSONSEG_MAX_PIXELS=400000000" in message
     assert "178,956,970" not in message and "178956970" not in message
+
+
+def test_pillow_limit_survives_threads_reading_at_once(tmp_path, monkeypatch):
+    """read_image lifts Pillow's global pixel limit around each header read; two threads overlapping there
+    must not leave it lifted for the process (the server reads images in several threads)."""
+    import threading
+    import time
+
+    from PIL import Image
+
+    from personseg.imageio import read_image
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    real_open, before = Image.open, Image.MAX_IMAGE_PIXELS
+
+    def slow_open(*args, **kwargs):
+        time.sleep(0.05)  # every reader is inside the lifted window at once, if nothing serialises them
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", slow_open)
+    threads = [threading.Thread(target=read_image, args=(path,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert Image.MAX_IMAGE_PIXELS == before
