@@ -16,6 +16,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 pytest.importorskip("gradio", reason='the demo needs Gradio: pip install "personseg[demo]"')
 av = pytest.importorskip("av")
 
+from test_torch_free import TRAIN_EXTRA_MODULES, blocking  # noqa: E402 (after the skips)
+from test_video import mux_tone  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 W, H, FPS, FRAMES = 96, 128, 10, 6
 
@@ -37,13 +40,7 @@ def write_clip(path: Path, photo: Path) -> Path:
         for i in range(FRAMES):
             frame = np.ascontiguousarray(rgb[:, i:i + W])
             container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        t = np.arange(16000 * FRAMES // FPS) / 16000
-        samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-        for start in range(0, samples.shape[1], 1024):
-            chunk = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="flt", layout="mono")
-            chunk.sample_rate, chunk.pts = 16000, start
-            container.mux(sound.encode(chunk))
-        container.mux(sound.encode(None))
+        mux_tone(container, sound, FRAMES / FPS)
         container.mux(video.encode(None))
     return path
 
@@ -110,19 +107,7 @@ def test_video_tab_refuses_a_long_clip(models, clip):
 
 
 # torch and the train extra's packages unimportable; yaml stays, as Gradio itself needs it
-NO_TORCH = textwrap.dedent("""\
-    import sys
-    BLOCKED = {"torch", "torchvision", "albumentations", "skimage", "tensorboard", "pycocotools", "onnx",
-               "onnxscript", "scipy", "matplotlib"}
-
-    class NoTrainExtra:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"No module named {name!r} (blocked by the test)", name=name)
-            return None
-
-    sys.meta_path.insert(0, NoTrainExtra())
-""")
+NO_TORCH = blocking(TRAIN_EXTRA_MODULES - {"yaml"})
 
 
 def test_demo_runs_on_onnx_runtime_without_torch(data_dir):

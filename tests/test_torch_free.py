@@ -12,20 +12,27 @@ from personseg.segment_cli import write_example_photo
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A meta-path finder that refuses the train extra's packages, installed before anything is imported.
-NO_TORCH = textwrap.dedent("""\
-    import sys
-    BLOCKED = {"torch", "torchvision", "albumentations", "skimage", "yaml", "tensorboard", "pycocotools",
-               "onnx", "onnxscript", "scipy", "matplotlib"}
+TRAIN_EXTRA_MODULES = {"torch", "torchvision", "albumentations", "skimage", "yaml", "tensorboard", "pycocotools",
+                       "onnx", "onnxscript", "scipy", "matplotlib"}
 
-    class NoTrainExtra:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"No module named {name!r} (blocked by the test)", name=name)
-            return None
 
-    sys.meta_path.insert(0, NoTrainExtra())
-""")
+def blocking(modules: set[str]) -> str:
+    """Python source of a meta-path finder that refuses `modules`, installed before anything is imported."""
+    return textwrap.dedent(f"""\
+        import sys
+        BLOCKED = {sorted(modules)!r}
+
+        class NoTrainExtra:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"No module named {{name!r}} (blocked by the test)", name=name)
+                return None
+
+        sys.meta_path.insert(0, NoTrainExtra())
+    """)
+
+
+NO_TORCH = blocking(TRAIN_EXTRA_MODULES)
 
 
 def run_without_torch(code: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -34,7 +41,8 @@ def run_without_torch(code: str, *args: str, cwd: Path = REPO) -> subprocess.Com
 
 
 CLI = "import sys\nfrom personseg.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-SHIPPED_ONNX = sorted(p.stem for p in (REPO / "personseg" / "weights").glob("*.onnx"))
+SHIPPED_ONNX = sorted(p.stem for p in (REPO / "personseg" / "weights").glob("*.onnx")
+                      if not p.stem.endswith("_refiner"))  # NAME_refiner.onnx: a model's refiner
 needs_onnx = pytest.mark.skipif("accurate" not in SHIPPED_ONNX,
                                 reason="no personseg/weights/accurate.onnx: run python scripts/ship_onnx.py accurate")
 

@@ -43,15 +43,20 @@ def write_clip(path, frames=N, fps=FPS, audio=True, rotation=0, options=None, pt
                 frame.pts, frame.time_base = pts[i], time_base
             container.mux(video.encode(frame))
         if audio:
-            t = np.arange(16000 * frames // fps) / 16000
-            samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-            for start in range(0, samples.shape[1], 1024):
-                chunk = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="flt", layout="mono")
-                chunk.sample_rate, chunk.pts = 16000, start
-                container.mux(sound.encode(chunk))
-            container.mux(sound.encode(None))
+            mux_tone(container, sound, frames / fps)
         container.mux(video.encode(None))
     return path
+
+
+def mux_tone(container, sound, seconds: float) -> None:
+    """A 440 Hz sine of `seconds` encoded into the AAC 16 kHz mono stream `sound`, and flushed."""
+    t = np.arange(int(16000 * seconds)) / 16000
+    samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+    for start in range(0, samples.shape[1], 1024):
+        chunk = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="flt", layout="mono")
+        chunk.sample_rate, chunk.pts = 16000, start
+        container.mux(sound.encode(chunk))
+    container.mux(sound.encode(None))
 
 
 def probe(path) -> dict:
