@@ -330,6 +330,18 @@ class CocoPersons(SegDataset):
         return raw
 
 
+def random_cutout(foregrounds: list[Path], rng: np.random.Generator, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """One of the RGBA `foregrounds`, `h` pixels tall, maybe mirrored: rgb (h, w, 3) float32, alpha (h, w)
+    in [0, 1]. (Composites and the refiner's MattingScenes draw their people here.)"""
+    rgba = cv2.imread(str(foregrounds[rng.integers(len(foregrounds))]), cv2.IMREAD_UNCHANGED)
+    fg = cv2.cvtColor(rgba, cv2.COLOR_BGRA2RGBA)
+    w = max(2, round(fg.shape[1] * h / fg.shape[0]))
+    fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA if h < fg.shape[0] else cv2.INTER_LINEAR)
+    if rng.random() < 0.5:
+        fg = fg[:, ::-1]
+    return fg[..., :3].astype(np.float32), fg[..., 3].astype(np.float32) / 255
+
+
 class Composites(SegDataset):
     """Synthetic scenes: `min_people`..`max_people` RGBA cut-outs pasted onto a background at random
     scale (person height as a fraction of the background height, `scale_range`) and position, larger
@@ -382,14 +394,7 @@ class Composites(SegDataset):
         return {"image": image.round().clip(0, 255).astype(np.uint8), "alpha": alpha, "layers": layers}
 
     def person(self, rng: np.random.Generator, h: int) -> tuple[np.ndarray, np.ndarray]:
-        """A random cut-out `h` pixels tall, maybe mirrored: rgb (h, w, 3) float32, alpha (h, w) in [0, 1]."""
-        rgba = cv2.imread(str(self.foregrounds[rng.integers(len(self.foregrounds))]), cv2.IMREAD_UNCHANGED)
-        fg = cv2.cvtColor(rgba, cv2.COLOR_BGRA2RGBA)
-        w = max(2, round(fg.shape[1] * h / fg.shape[0]))
-        fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA if h < fg.shape[0] else cv2.INTER_LINEAR)
-        if rng.random() < 0.5:
-            fg = fg[:, ::-1]
-        return fg[..., :3].astype(np.float32), fg[..., 3].astype(np.float32) / 255
+        return random_cutout(self.foregrounds, rng, h)
 
     def decoy(self, rng: np.random.Generator, h: int) -> tuple[np.ndarray, np.ndarray]:
         """A non-person object `h` pixels tall: a smooth random blob (a thresholded low-resolution noise

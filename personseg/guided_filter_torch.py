@@ -107,8 +107,13 @@ def fast_guided_filter(guide_hr: torch.Tensor, src_lr: torch.Tensor, r: int, eps
     if guide_lr is None:
         guide_lr = F.interpolate(guide_hr, size=src_lr.shape[-2:], mode="area")
     mean_A, mean_b = _coefficients(guide_lr, src_lr, r, eps)
-    up = F.interpolate(torch.cat([mean_A, mean_b], 1), size=guide_hr.shape[-2:],
-                       mode="bilinear", align_corners=False)
+    return apply_coefficients(torch.cat([mean_A, mean_b], 1), guide_hr)
+
+
+def apply_coefficients(coef: torch.Tensor, guide_hr: torch.Tensor) -> torch.Tensor:
+    """The fast filter's full-resolution step: coef (B, C + 1, h, w) = (A, b) bilinearly upsampled to
+    guide_hr (B, C, H, W) and applied, A . I + b -> (B, 1, H, W) (numpy: guided_filter.apply_coefficients)."""
+    up = F.interpolate(coef, size=guide_hr.shape[-2:], mode="bilinear", align_corners=False)
     A, b = up.split([guide_hr.shape[1], 1], 1)
     return (A * guide_hr).sum(1, keepdim=True) + b
 
@@ -218,5 +223,4 @@ class DeepGuidedFilterRefiner(nn.Module):
         if guide_lr is None:
             guide_lr = F.interpolate(guide_hr, size=prob_lr.shape[-2:], mode="area")
         coef = self.net(self.coefficients(guide_lr, prob_lr) if coef is None else coef, guide_lr, prob_lr)
-        up = F.interpolate(coef, size=guide_hr.shape[-2:], mode="bilinear", align_corners=False)
-        return ((up[:, :3] * guide_hr).sum(1, keepdim=True) + up[:, 3:]).clamp(0, 1)
+        return apply_coefficients(coef, guide_hr).clamp(0, 1)

@@ -58,6 +58,18 @@ def providers_for(device: str | None) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def session_options(threads: int | None, spinning: bool):
+    """ONNX Runtime options of every personseg session (models and refiners): `threads` intra-op threads
+    (None: `default_threads()`), one inter-op thread, spin-waiting as asked, all graph optimisations."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 def read_metadata(props: dict[str, str], path: str | Path) -> dict:
     """metadata_props (all strings) -> a checkpoint-like description dict."""
     if props.get("format") != FORMAT:
@@ -97,12 +109,8 @@ class OnnxModel:
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"{path}: no such model file; write one with `personseg export`")
-        options = ort.SessionOptions()
         self.threads = threads or default_threads()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(self.threads, spinning)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers_for(device))
         except Exception as e:  # onnxruntime raises its own pybind error types on bad files

@@ -39,15 +39,12 @@ class DeepRefiner:
     """`refiner(rgb, prob)` -> alpha, as `guided_filter.refine_alpha`, with the trained coefficients."""
 
     def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True):
-        from personseg.onnx_backend import ModelFileError, default_threads, import_onnxruntime
+        from personseg.onnx_backend import ModelFileError, import_onnxruntime, session_options
 
         ort = import_onnxruntime()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), session_options(threads, spinning),
+                                                providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime's own pybind error types
             raise ModelFileError(f"{path}: not a readable ONNX refiner ({str(e).splitlines()[0]}); "
                                  "rebuild it with scripts/train_refiner.py") from e

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from personseg import matting
-from personseg.data import read_pair, read_rgb
+from personseg.data import random_cutout, read_pair, read_rgb
 from personseg.folders import decode_mask, list_images, list_pairs, split_items
 from personseg.guided_filter import area_downsample, coefficients, default_radius, refine_alpha
 from personseg.guided_filter_torch import DeepGuidedFilterRefiner
@@ -57,13 +57,7 @@ class MattingScenes:
     def person(self, rng: np.random.Generator, h: int, back: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A cut-out `h` pixels tall: rgb (h', w', 3) float32 colour-matched to `back`, alpha in [0, 1]
         with its edge blurred (sigma 0.5-1.2 pixels), both padded for the blur."""
-        bgra = cv2.imread(str(self.foregrounds[rng.integers(len(self.foregrounds))]), cv2.IMREAD_UNCHANGED)
-        fg = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGBA)
-        w = max(2, round(fg.shape[1] * h / fg.shape[0]))
-        fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_AREA if h < fg.shape[0] else cv2.INTER_LINEAR)
-        if rng.random() < 0.5:
-            fg = fg[:, ::-1]
-        rgb, a = fg[..., :3].astype(np.float32), fg[..., 3].astype(np.float32) / 255
+        rgb, a = random_cutout(self.foregrounds, rng, h)
         inside = a > 0.5
         if inside.any():  # colour matching: part of the way to the background's mean and contrast
             s = rng.uniform(0, 0.4)
