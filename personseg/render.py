@@ -126,12 +126,14 @@ def cover(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized[top : top + height, left : left + width]
 
 
-def blurred_background(rgb: np.ndarray, alpha: np.ndarray, work_size: int = 320) -> np.ndarray:
+def blurred_background(rgb: np.ndarray, alpha: np.ndarray, work_size: int = 160) -> np.ndarray:
     """(H, W, 3) float32: the photo blurred with the person left out, so they do not bleed into it.
 
     Normalised convolution: blur(photo * weight) / blur(weight) with weight = 1 - alpha averages only
-    background pixels. Blurring happens at `work_size` pixels on the long side: a strong blur loses nothing
-    there, and it costs the same for any photo size.
+    background pixels. Blurring happens at `work_size` pixels on the long side: a strong blur (sigma a 40th
+    of the picture) loses nothing there, and it costs the same for any photo size. 160 instead of 320 made a
+    480p video frame's blur 3.6 ms instead of 6.7, for a mean difference of 0.3 grey levels (most of it
+    under the person, who covers it).
     """
     height, width = rgb.shape[:2]
     scale = min(1.0, work_size / max(height, width))
