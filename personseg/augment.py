@@ -27,8 +27,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-# ImageNet mean as uint8: the colour of padding, so padded pixels normalise to ~0
-PAD_COLOR = (124, 116, 104)
+from personseg.keypoints import PAD_COLOR
 
 
 class PersonCrop(A.DualTransform):

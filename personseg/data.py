@@ -42,7 +42,8 @@ from personseg.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from personseg.config import SourceConfig, TrainConfig, data_root
 from personseg.folders import (VAL_EVERY, decode_mask, list_images, list_pairs, same_aspect,  # noqa: F401
                                split_items)
-from personseg.keypoints import COCO_KEYPOINTS, FLIP, STRIDE as KP_STRIDE, render_heatmaps
+from personseg.keypoints import (COCO_KEYPOINTS, FLIP, PAD_COLOR, STRIDE as KP_STRIDE, crop, crop_window,
+                                 render_heatmaps)
 from personseg.losses import signed_distance_map
 from personseg.parts import IGNORE as IGNORE_PART, ccp_parts
 
@@ -327,6 +328,64 @@ class CocoPersons(SegDataset):
         if self.heads:
             raw["keypoints"] = np.stack(people) if people else np.zeros((0, len(COCO_KEYPOINTS), 3), np.float32)
             raw["kp_ignore"] = unlabelled | crowd
+        return raw
+
+
+class CocoPersonCrops(CocoPersons):
+    """Top-down keypoint samples (SimpleBaseline's): one per person with labelled keypoints in the COCO
+    images of the split, the photo cropped around the person's box as `personseg.keypoints.crop_window`
+    cuts it at inference (grown by CROP_PAD, to the tall input's aspect). Training crops jitter the
+    box's scale (x0.85-1.25) and centre (up to 10% of the box) and mirror half of them (left and right
+    joints swapped). The heatmap targets are that person's joints only; the other people's pixels are
+    don't-care. The crop is made at the tall input size (train with data.tall_share 1); this jitter is
+    the source's augmentation (its `augment` setting is not used)."""
+
+    def __init__(self, images_dir: str | Path, annotation_json: str | Path, split: str = "train", **kwargs):
+        super().__init__(images_dir, annotation_json, split, **{**kwargs, "augment": "none"})
+        self.people = [(image_id, ann) for image_id in self.ids
+                       for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, catIds=self.cat_ids))
+                       if ann.get("num_keypoints", 0) > 0 and not ann.get("iscrowd", 0)]
+        self.jitter = split == "train"
+
+    def __len__(self) -> int:
+        return len(self.people)
+
+    def load(self, i: int, seed: int) -> dict[str, Any]:
+        image_id, target = self.people[i]
+        info = self.coco.imgs[image_id]
+        image = read_rgb(self.images_dir / info["file_name"])
+        h, w = image.shape[:2]
+        mask, valid, others = np.zeros((h, w), np.uint8), np.ones((h, w), np.uint8), np.zeros((h, w), np.uint8)
+        for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, catIds=self.cat_ids, iscrowd=None)):
+            m = self.coco.annToMask(ann)
+            if m.shape != (h, w):
+                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+            if ann.get("iscrowd", 0):
+                valid[(m > 0) & (mask == 0)] = 0
+            else:
+                mask[m > 0] = 1
+            if ann["id"] != target["id"]:
+                others[m > 0] = 1
+        x, y, bw, bh = target["bbox"]
+        scale, shift, flip = 1.0, (0.0, 0.0), False
+        if self.jitter:
+            rng = np.random.default_rng(seed)
+            scale, shift, flip = rng.uniform(0.85, 1.25), rng.uniform(-0.1, 0.1, 2) * (bw, bh), rng.random() < 0.5
+        cx, cy = x + bw / 2 + shift[0], y + bh / 2 + shift[1]
+        bw, bh = bw * scale, bh * scale
+        size = (self.size[0], self.size[1]) if self.size[0] > self.size[1] else (self.size[1], self.size[0])  # tall (H, W)
+        window = crop_window((cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), size)
+        image = crop(image, window, size, PAD_COLOR)
+        mask, valid, others = (crop(m, window, size, 0, cv2.INTER_NEAREST) for m in (mask, valid, others))
+        kp = np.asarray(target["keypoints"], np.float32).reshape(1, -1, 3)
+        kp[0, :, 0], kp[0, :, 1] = (kp[0, :, 0] - window[0]) * window[2], (kp[0, :, 1] - window[1]) * window[2]
+        if flip:
+            image, mask, valid, others = (np.ascontiguousarray(a[:, ::-1]) for a in (image, mask, valid, others))
+            kp[0, :, 0] = size[1] - kp[0, :, 0]
+            kp = kp[:, list(FLIP)]
+        raw = {"image": image, "mask": mask, "valid": valid, "name": f"{Path(info['file_name']).stem}_{target['id']}"}
+        if self.heads:
+            raw["keypoints"], raw["kp_ignore"] = kp, others
         return raw
 
 
@@ -682,6 +741,13 @@ def _coco(src: SourceConfig, root: Path, common: dict) -> SegDataset:
     path = root / src.path
     images = path / "images" if (path / "images").is_dir() else path
     return CocoPersons(images, path / (src.annotations or "annotations.json"), **common)
+
+
+@register_source("coco_people")
+def _coco_people(src: SourceConfig, root: Path, common: dict) -> SegDataset:
+    path = root / src.path
+    images = path / "images" if (path / "images").is_dir() else path
+    return CocoPersonCrops(images, path / (src.annotations or "annotations.json"), **common)
 
 
 @register_source("copypaste")

@@ -5,11 +5,14 @@ Tracking", ECCV 2018): one Gaussian per visible keypoint on a heatmap at stride 
 all people of a picture in the same map (element-wise max). Decoding takes each channel's maximum in
 a region and moves it a quarter pixel towards the higher neighbour, as SimpleBaseline does.
 
-Grouping is by person region, not learned: each connected region of the predicted person mask
-(8-connected, at least `MIN_REGION` of the picture) is one person, and its keypoints are the maxima
-of each channel inside the region's box grown by 10%. Limits: people who touch or overlap in the mask
-become one region (one skeleton, the stronger of their joints), and a person split by an occluder
-becomes two. Torch-free (numpy and OpenCV).
+People are found top-down, as SimpleBaseline does with a person detector: each connected region of the
+predicted person mask (8-connected, at least `MIN_REGION` of the picture) is one person; the photo is
+cropped around the region's box (grown by `CROP_PAD`, widened to the model's tall input, `crop_window`)
+and the crop goes through the network again, so a small person fills the model's input. Its keypoints
+are each channel's maximum in the crop. Limits: people who touch or overlap in the mask become one
+region (one skeleton, the stronger of their joints), a person split by an occluder becomes two, and
+each person costs one more network pass. `group` is the older bottom-up reading of the whole picture's
+heatmaps (one pass, but people a few heatmap pixels tall). Torch-free (numpy and OpenCV).
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), 
 FLIP = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
 STRIDE = 4
 MIN_REGION = 0.002
+CROP_PAD = 1.25  # SimpleBaseline's: the person box grown by a quarter before cropping
+MAX_PEOPLE = 10  # top_down reads the largest regions only: each costs a network pass
+PAD_COLOR = (124, 116, 104)  # ImageNet's mean as uint8 RGB: padding (training's and crops') normalises to ~0
 
 
 def sigma_for(stride: int = STRIDE) -> float:
@@ -77,14 +83,49 @@ def decode(heatmaps: np.ndarray, box: tuple[int, int, int, int] | None = None, s
     return out
 
 
-def person_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+def crop_window(box: tuple[float, float, float, float], size: tuple[int, int],
+                pad: float = CROP_PAD) -> tuple[float, float, float]:
+    """The top-down crop of one person: `box` (x0, y0, x1, y1) in picture pixels -> the window
+    (x0, y0, k) that `crop` cuts for an output of `size` (H, W): centred on the box, the box grown by
+    `pad` and then widened or heightened to the output's aspect; k = output pixels per picture pixel."""
+    (bx0, by0, bx1, by1), (H, W) = box, size
+    w, h = max(bx1 - bx0, 1.0) * pad, max(by1 - by0, 1.0) * pad
+    h = max(h, w * H / W)
+    k = H / h
+    return (bx0 + bx1) / 2 - W / k / 2, (by0 + by1) / 2 - H / k / 2, k
+
+
+def crop(image: np.ndarray, window: tuple[float, float, float], size: tuple[int, int], fill=0,
+         interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """The picture inside `window` (x0, y0, k) resized to `size` (H, W); outside the picture is `fill`.
+    A point x of the picture lands at (x - x0) * k (pixel centres at i + 0.5 on both sides)."""
+    x0, y0, k = window
+    if interpolation == cv2.INTER_LINEAR and k < 0.5:  # shrinking a lot: average, don't skip pixels
+        image = cv2.resize(image, None, fx=2 * k, fy=2 * k, interpolation=cv2.INTER_AREA)
+        x0, y0, k = 2 * k * x0, 2 * k * y0, 0.5
+    m = np.float32([[k, 0, (0.5 - x0) * k - 0.5], [0, k, (0.5 - y0) * k - 0.5]])
+    border = tuple(fill) if isinstance(fill, (tuple, list)) else fill
+    return cv2.warpAffine(image, m, (size[1], size[0]), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=border)
+
+
+def uncrop(points: np.ndarray, window: tuple[float, float, float]) -> np.ndarray:
+    """(N, 2+) x, y of a `crop` output -> of the picture (the other columns are kept)."""
+    x0, y0, k = window
+    out = np.array(points, np.float32, copy=True)
+    out[:, 0] = out[:, 0] / k + x0
+    out[:, 1] = out[:, 1] / k + y0
+    return out
+
+
+def person_boxes(mask: np.ndarray, grow: float = 0.1) -> list[tuple[int, int, int, int]]:
     """Boxes (x0, y0, x1, y1) in the mask's pixels of the connected regions of an (H, W) bool mask,
-    each grown by 10%, largest first; regions under MIN_REGION of the picture are dropped."""
+    each grown by `grow` of its size, largest first; regions under MIN_REGION of the picture are dropped."""
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     boxes = []
     for x, y, w, h, area in stats[1:]:
         if area >= MIN_REGION * mask.size:
-            gx, gy = 0.05 * w, 0.05 * h  # grown by 10%
+            gx, gy = grow / 2 * w, grow / 2 * h
             boxes.append((int(x - gx), int(y - gy), int(np.ceil(x + w + gx)), int(np.ceil(y + h + gy))))
     return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
 
@@ -105,6 +146,23 @@ def group(heatmaps: np.ndarray, person: np.ndarray, input_size: tuple[int, int],
         if hb[2] <= hb[0] or hb[3] <= hb[1] or not small[hb[1]:hb[3], hb[0]:hb[2]].any():
             continue
         keypoints = decode(heatmaps, hb, scale, stride)
+        people.append({"keypoints": keypoints, "box": tuple(float(v) for v in box),
+                       "score": float(keypoints[:, 2].mean())})
+    return people
+
+
+def top_down(rgb: np.ndarray, person: np.ndarray, heatmaps_of, size: tuple[int, int],
+             max_people: int = MAX_PEOPLE) -> list[dict]:
+    """One skeleton per person region of the (H, W) bool mask `person` of the picture `rgb`: the region's
+    box is cropped (`crop_window`, at `size` (H, W)), `heatmaps_of(crop)` gives the crop's (17, h, w)
+    peak probabilities at STRIDE, and each channel's maximum is mapped back to the picture (a maximum in
+    the crop's padding to the picture's nearest edge). Returns
+    [{"keypoints": (17, 3) x, y, score in picture pixels, "box": (x0, y0, x1, y1), "score": mean}], largest first."""
+    people = []
+    for box in person_boxes(person, grow=0.0)[:max_people]:
+        window = crop_window(box, size)
+        keypoints = uncrop(decode(heatmaps_of(crop(rgb, window, size, PAD_COLOR))), window)
+        np.clip(keypoints[:, :2], 0, (rgb.shape[1], rgb.shape[0]), out=keypoints[:, :2])  # the crop may pad
         people.append({"keypoints": keypoints, "box": tuple(float(v) for v in box),
                        "score": float(keypoints[:, 2].mean())})
     return people

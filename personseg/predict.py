@@ -291,8 +291,9 @@ class Predictor:
         "people": [{"keypoints": (17, 3) x, y, score, "box", "score"}]} for a multi-task model.
         Parts: the part head's best class where the alpha is at least the threshold (the best person
         class there, never background), background elsewhere, so parts and mask agree. People: one
-        skeleton per connected person region of the mask (personseg.keypoints.group). `tta` applies
-        to the alpha only."""
+        skeleton per connected person region of the mask, read top-down from a crop of the region at
+        the model's tall input size (personseg.keypoints.top_down; one more pass per person). `tta`
+        applies to the alpha only."""
         from personseg import keypoints
 
         if not self.has_heads:
@@ -302,11 +303,15 @@ class Predictor:
         size = self.spec.model_size(*rgb.shape[:2])
         prob, heads, small = self._forward([rgb], size)
         alpha = self._finish(rgb, prob[0], small[0])
-        part_logits, heatmaps = (np.asarray(h, np.float32)[0] for h in heads)
-        heatmaps = sigmoid(heatmaps)  # the head's logits (trained with a focal loss) -> peak probabilities
         person = alpha >= self.threshold
-        return {"alpha": alpha, "parts": _part_map(part_logits, person),
-                "people": keypoints.group(heatmaps, person, size)}
+        crop_size = (max(self.input_size), min(self.input_size))  # (H, W): tall, as the keypoint head trained
+
+        def heatmaps_of(patch: np.ndarray) -> np.ndarray:
+            outputs = self.run(normalize(patch[None].astype(np.float32) * np.float32(1 / 255), self.mean, self.std))
+            return sigmoid(np.asarray(outputs[2], np.float32)[0])  # focal-loss logits -> peak probabilities
+
+        return {"alpha": alpha, "parts": _part_map(np.asarray(heads[0], np.float32)[0], person),
+                "people": keypoints.top_down(rgb, person, heatmaps_of, crop_size)}
 
     def predict_parts(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W) uint8 body-part classes (`predict_all`)."""

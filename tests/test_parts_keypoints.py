@@ -54,26 +54,54 @@ def test_heatmaps_of_known_points_decode_to_those_points():
     assert (decoded[labelled, 2] > 0.8).all()
 
 
-def test_two_people_are_grouped_by_their_mask_regions():
-    size = (100, 200)
-    people = np.zeros((2, 17, 3), np.float32)
-    for i, x0 in enumerate((20, 130)):
-        people[i, :, 0] = np.linspace(x0, x0 + 40, 17)
-        people[i, :, 1] = np.linspace(10, 90, 17)
-        people[i, :, 2] = 2
-    maps = keypoints.render_heatmaps(people, size)
-    mask = np.zeros(size, bool)
-    mask[5:95, 15:65] = True
-    mask[5:95, 125:175] = True
-    found = keypoints.group(maps, mask, size)  # model input = picture size
-    assert len(found) == 2
-    found.sort(key=lambda p: p["box"][0])
-    for p, truth in zip(found, people):
-        assert np.abs(p["keypoints"][:, :2] - truth[:, :2]).max() <= 1.5
-    coco = keypoints.to_coco(found, image_id=7)
+def test_crop_and_uncrop_map_points_both_ways():
+    window = keypoints.crop_window((50, 40, 90, 160), (384, 216))  # a tall box, a tall crop
+    x0, y0, k = window
+    assert (x0 + 216 / k / 2, y0 + 384 / k / 2) == pytest.approx((70, 100))  # centred on the box
+    assert 384 / k == pytest.approx(120 * keypoints.CROP_PAD)  # the box's height grown by CROP_PAD
+    picture = np.zeros((200, 300, 3), np.uint8)
+    picture[99:102, 69:72] = 255  # a dot centred on (70.5, 100.5) in pixel-centre coordinates
+    patch = keypoints.crop(picture, window, (384, 216))
+    ys, xs = np.nonzero(patch[..., 0] > 127)  # the dot, about 3 k pixels wide in the crop
+    centre = np.float32([[xs.mean() + 0.5, ys.mean() + 0.5]])
+    assert keypoints.uncrop(centre, window)[0] == pytest.approx((70.5, 100.5), abs=0.1)
+
+
+def test_two_people_are_read_top_down_from_crops_of_their_regions():
+    """Each person's 17 joints are 5x5 squares of their own red level; the stand-in network finds them
+    in whatever crop it gets and answers heatmaps there, so only the crop bookkeeping is tested."""
+    levels = np.arange(17) * 14 + 10
+    picture, mask = np.zeros((300, 400, 3), np.uint8), np.zeros((300, 400), bool)
+    truth = []
+    for x0 in (40, 240):
+        xs, ys = np.linspace(x0 + 10, x0 + 90, 17).round(), np.linspace(20, 270, 17).round()
+        for level, x, y in zip(levels, xs.astype(int), ys.astype(int)):
+            picture[y - 2:y + 3, x - 2:x + 3] = (level, 255, 0)
+        mask[10:280, x0:x0 + 100] = True
+        truth.append(np.stack([xs + 0.5, ys + 0.5], 1))
+    size, calls = (384, 216), []
+
+    def heatmaps_of(patch):
+        calls.append(patch.shape)
+        marked = patch[..., 1] > 250
+        found = np.zeros((1, 17, 3), np.float32)
+        for k, level in enumerate(levels):
+            ys, xs = np.nonzero(marked & (np.abs(patch[..., 0].astype(int) - level) <= 3))
+            if len(xs):  # a joint of the person in the crop's middle, or of the other one at its edge
+                centre = np.abs(xs - patch.shape[1] / 2) < patch.shape[1] / 4
+                xs, ys = (xs[centre], ys[centre]) if centre.any() else (xs, ys)
+                found[0, k] = xs.mean() + 0.5, ys.mean() + 0.5, 2
+        return keypoints.render_heatmaps(found, size)
+
+    people = keypoints.top_down(picture, mask, heatmaps_of, size)
+    assert len(people) == 2 and calls == [(384, 216, 3)] * 2
+    people.sort(key=lambda p: p["box"][0])
+    for person, expected in zip(people, truth):
+        assert np.abs(person["keypoints"][:, :2] - expected).max() <= 2.0  # a heatmap pixel is ~1.5 picture pixels
+        assert person["keypoints"][:, 2].min() > 0.9
+    coco = keypoints.to_coco(people, image_id=7)
     assert len(coco[0]["keypoints"]) == 51 and coco[0]["category_id"] == 1 and coco[0]["image_id"] == 7
-    drawn = keypoints.draw_skeleton(np.zeros(size + (3,), np.uint8), found)
-    assert drawn.any()
+    assert keypoints.draw_skeleton(np.zeros((300, 400, 3), np.uint8), people).any()
 
 
 @pytest.fixture(scope="module")
