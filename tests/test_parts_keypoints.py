@@ -104,6 +104,27 @@ def test_two_people_are_read_top_down_from_crops_of_their_regions():
     assert keypoints.draw_skeleton(np.zeros((300, 400, 3), np.uint8), people).any()
 
 
+def test_coco_person_crops_put_that_persons_joints_where_inference_crops_them(data_dir):
+    from personseg.data import CocoPersonCrops
+
+    people = CocoPersonCrops(data_dir / "coco" / "images", data_dir / "coco" / "annotations.json", "val",
+                             size=(384, 216), heads=True, orient_val=True)
+    for i in range(0, len(people), 15):
+        sample = people[i]
+        _, ann = people.people[i]
+        x, y, w, h = ann["bbox"]
+        window = keypoints.crop_window((x, y, x + w, y + h), (384, 216))
+        assert sample["image"].shape == (3, 384, 216) and sample["heatmaps"].shape == (17, 96, 54)
+        truth = np.asarray(ann["keypoints"], np.float32).reshape(17, 3)
+        found = keypoints.uncrop(keypoints.decode(sample["heatmaps"].numpy()), window)
+        labelled = (truth[:, 2] > 0) & (found[:, 2] > 0.5)  # a joint outside the crop has no peak
+        assert labelled.sum() >= 0.8 * (truth[:, 2] > 0).sum()
+        error = np.abs(found[labelled, :2] - truth[labelled, :2]).max()
+        assert error <= 3 / window[2]  # within a heatmap pixel (4 / k picture pixels), quarter-pixel refined
+        others = sample["heatmap_weight"][0] == 0  # the other people's pixels are don't-care
+        assert not others.all()
+
+
 @pytest.fixture(scope="module")
 def tiny_multitask(tmp_path_factory):
     """A small multi-task checkpoint with random weights and its ONNX export."""
