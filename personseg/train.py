@@ -558,13 +558,14 @@ def train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
                 module.eval()
 
 
-FRESH_PARTS = ("decoder.grus.", "heads.")  # what model.init may leave fresh
+FRESH_PARTS = ("decoder.grus.", "heads.", "heads_decoder.")  # what model.init may leave fresh
 
 
 def load_init(model: torch.nn.Module, path: str, master: bool) -> None:
     """Start from a checkpoint's weights. A recurrent model may start from its stateless twin, a
     multi-task model from the UNet it extends: only the ConvGRU cells (decoder.grus.*) or the part and
-    keypoint heads are then missing, and they keep their fresh initialisation."""
+    keypoint heads are then missing, and they keep their fresh initialisation (or the model's
+    `init_fresh` fills them: a multi-task model's own heads decoder copies the trunk's)."""
     state = load_checkpoint(path)[0].state_dict()
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -573,9 +574,11 @@ def load_init(model: torch.nn.Module, path: str, master: bool) -> None:
     if unexpected or any(not k.startswith(FRESH_PARTS) for k in missing):
         raise CheckpointError(f"{path}: weights do not fit {type(model).__name__} (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}); model.init needs a checkpoint of the same model")
+    if missing and hasattr(model, "init_fresh"):
+        model.init_fresh(missing)
     if missing and master:
         tqdm.write(f"model.init {path}: {len(missing)} tensors ({', '.join(sorted({k.split('.')[0] for k in missing}))}) "
-                   "start fresh")
+                   "are not in it: they start fresh, or as the model's init_fresh sets them")
 
 
 def out_of_time(seconds: float, budget_minutes: float, rt: Runtime) -> bool:

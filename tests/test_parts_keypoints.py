@@ -125,6 +125,23 @@ def test_coco_person_crops_put_that_persons_joints_where_inference_crops_them(da
         assert not others.all()
 
 
+def test_the_heads_own_decoder_starts_as_the_trunk_decoder_and_feeds_the_heads():
+    torch = pytest.importorskip("torch")
+    from personseg.models.multitask import MultiTaskUNet
+
+    torch.manual_seed(0)
+    model = MultiTaskUNet(alpha=0.35, heads_decoder=True).eval()
+    x = torch.rand(1, 3, 64, 96)
+    before = model(x)
+    model.init_fresh([k for k in model.state_dict() if k.startswith("heads_decoder.")])
+    trunk, own = model.decoder.state_dict(), model.heads_decoder.state_dict()
+    assert trunk.keys() == own.keys() and all(torch.equal(trunk[k], own[k]) for k in trunk)
+    after = model(x)
+    assert torch.equal(before[0], after[0])  # the person mask does not read it
+    assert not torch.equal(before[2], after[2])  # the heads do
+    assert after[1].shape == (1, 6, 64, 96) and after[2].shape == (1, 17, 16, 24)
+
+
 @pytest.fixture(scope="module")
 def tiny_multitask(tmp_path_factory):
     """A small multi-task checkpoint with random weights and its ONNX export."""

@@ -7,7 +7,10 @@ body-part logits (personseg.parts.PART_NAMES) and the keypoint heatmaps (persons
 at stride 4 as SimpleBaseline's) come from the decoder's stride-16, -8 and -4 maps fused at stride 4.
 The heads are a few depthwise-separable blocks: for little more than the cost of one model they give what
 MediaPipe ships as three (selfie segmentation, multiclass segmentation, pose). Trained with the trunk
-frozen (`model.freeze`), the person mask stays exactly the model the heads were added to.
+frozen (`model.freeze`), the person mask stays exactly the model the heads were added to. With
+`heads_decoder` the heads read a decoder of their own (the trunk decoder's twin, trained with the heads
+while the trunk stays frozen): features for joints, not only for the person's outline, for one more
+decoder pass.
 """
 from __future__ import annotations
 
@@ -49,14 +52,24 @@ class MultiTaskUNet(UNetMobileNet):
 
     def __init__(self, alpha: float = 1.0, decoder_channels: tuple[int, ...] = (96, 32, 24, 16, 16),
                  num_parts: int = len(PART_NAMES), num_keypoints: int = len(COCO_KEYPOINTS),
-                 heads_width: int = 96, encoder_weights: str | None = None):
+                 heads_width: int = 96, encoder_weights: str | None = None, heads_decoder: bool = False):
         super().__init__("mobilenet_v2", alpha, tuple(decoder_channels), 1, encoder_weights)
         self.heads = Heads(tuple(decoder_channels[:3]), num_parts, num_keypoints, heads_width)
+        self.heads_decoder = self.decoder_class(self.encoder.channels, list(decoder_channels)) if heads_decoder else None
+
+    def init_fresh(self, missing: list[str]) -> None:
+        """After model.init loaded a checkpoint without it (`missing` keys): the heads' own decoder
+        starts as a copy of the trunk's."""
+        if self.heads_decoder is not None and any(k.startswith("heads_decoder.") for k in missing):
+            self.heads_decoder.load_state_dict(self.decoder.state_dict())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, (h, w) = pad_to_multiple(x, self.stride)
-        levels = self.decoder.levels(self.features(x))  # strides 16, 8, 4, 2
+        features = self.features(x)
+        levels = self.decoder.levels(features)  # strides 16, 8, 4, 2
         logits = self.head(self.decoder.final_up(levels[-1]))
+        if self.heads_decoder is not None:
+            levels = self.heads_decoder.levels(features)
         parts, heatmaps = self.heads(levels[0], levels[1], levels[2], x.shape[-2:])
         hk, wk = (h + STRIDE - 1) // STRIDE, (w + STRIDE - 1) // STRIDE  # ceil; ONNX integer division truncates
         return logits[..., :h, :w], parts[..., :h, :w], heatmaps[..., :hk, :wk]
