@@ -5,7 +5,8 @@ alphamatting.com measures, as computed by the evaluation code of Deep Image Matt
 Xu's MATLAB `compute_*_loss.m`) that later papers (GCA, MODNet, MatteFormer) reuse. Alphas are floats in
 [0, 1] (the MATLAB code divides 8-bit mattes by 255 first); `region` is where errors count (the trimap's
 unknown area there, the whole picture by default, as portrait matting reports it). Units as those papers
-print them: SAD, gradient and connectivity are sums divided by 1000, MSE a plain mean.
+print them: SAD, gradient and connectivity are sums divided by 1000, MSE a plain mean. Clips: `dtssd`
+(temporal coherence, Erofeev et al. 2015) and `clip_errors`.
 
 Foreground: Forte & Pitie, "Approximate Fast Foreground Colour Estimation" (ICIP 2021), Blur-Fusion x2.
 A cut-out pasted with the photo's own colours carries a rim of the old background wherever alpha is
@@ -104,6 +105,36 @@ def matting_errors(pred: np.ndarray, target: np.ndarray, region: np.ndarray | No
     """{"sad", "mse", "grad", "conn"} of one alpha against its ground truth (module doc for units)."""
     return {"sad": sad(pred, target, region), "mse": mse(pred, target, region),
             "grad": gradient_error(pred, target, region), "conn": connectivity_error(pred, target, region)}
+
+
+def _clip_pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    if pred.shape != target.shape or pred.ndim != 3 or pred.shape[0] < 2:
+        raise ValueError(f"pred {pred.shape} and target {target.shape} must be (T, H, W) alphas of one size, T >= 2")
+    return pred, target
+
+
+def dtssd(pred, target) -> float:
+    """The temporal-coherence error dtSSD (Erofeev et al., "Perceptually Motivated Benchmark for Video
+    Matting", BMVC 2015): how much the alpha's change from frame to frame differs from the true change,
+
+        dtSSD = mean over t = 1..T-1 of sqrt(mean over pixels of ((a_t - a_{t-1}) - (g_t - g_{t-1}))^2),
+
+    as RobustVideoMatting's evaluation code computes it per frame (evaluation/evaluate_hr.py,
+    `MetricDTSSD`), unscaled (RVM prints it x100) and averaged over the T - 1 frame pairs (RVM counts a 0
+    for the first frame in its average, which gives (T - 1) / T of this). pred, target (T, H, W) in [0, 1]:
+    a clip's alphas, in order."""
+    pred, target = _clip_pair(pred, target)
+    change = np.diff(pred, axis=0) - np.diff(target, axis=0)
+    return float(np.sqrt((change ** 2).mean(axis=(1, 2))).mean())
+
+
+def clip_errors(pred, target) -> dict[str, float]:
+    """{"dtssd", "mse", "sad"} of a clip's alphas (T, H, W) against its ground truth: dtSSD (`dtssd`),
+    MSE over every pixel of every frame, SAD per frame (mean over frames, / 1000 as `sad`)."""
+    pred, target = _clip_pair(pred, target)
+    return {"dtssd": dtssd(pred, target), "mse": float(((pred - target) ** 2).mean()),
+            "sad": float(np.abs(pred - target).sum(axis=(1, 2)).mean() / 1000)}
 
 
 def edge_band(alpha: np.ndarray, radius: int = 3, low: float = 0.02, high: float = 0.98) -> np.ndarray:

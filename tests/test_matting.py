@@ -141,3 +141,24 @@ def test_foreground_agrees_with_pymatting(data_dir, index):
     assert err["pymatting"] < 0.6 * err["photo"], err
     assert err["blur_fusion"] < 1.5 * err["pymatting"] + 2, err
     assert np.abs(ours - theirs)[band].mean() < 0.4 * err["photo"], err
+
+
+def test_dtssd_and_clip_errors_by_hand():
+    pred = np.array([[[0, 0]], [[0.5, 0]], [[0.5, 1]]])  # (T=3, H=1, W=2)
+    target = np.array([[[0, 0]], [[1, 0]], [[1, 0]]])
+    # changes pred - target: t=1 (0.5 - 1, 0) -> sqrt((0.25 + 0) / 2); t=2 (0, 1 - 0) -> sqrt((0 + 1) / 2)
+    expected = (np.sqrt(0.125) + np.sqrt(0.5)) / 2
+    assert matting.dtssd(pred, target) == pytest.approx(expected)
+    errors = matting.clip_errors(pred, target)
+    assert errors["dtssd"] == pytest.approx(expected)
+    assert errors["mse"] == pytest.approx((0.25 + 0.25 + 1) / 6)
+    assert errors["sad"] == pytest.approx((0 + 0.5 + 1.5) / 3 / 1000)
+    # an error that stays put costs nothing in time; the truth a frame late does
+    assert matting.dtssd(target + 0.1, target) == pytest.approx(0, abs=1e-12)
+    assert matting.dtssd(target * 0.5, target) == pytest.approx((np.sqrt(0.125) + 0) / 2)
+    late = np.concatenate([target[:1], target[:-1]])
+    assert matting.dtssd(late, target) == pytest.approx(np.sqrt(0.5))  # changes -1 then +1 at one of 2 pixels
+    with pytest.raises(ValueError, match="T >= 2"):
+        matting.dtssd(pred[:1], target[:1])
+    with pytest.raises(ValueError, match="one size"):
+        matting.clip_errors(pred, target[:, :, :1])
