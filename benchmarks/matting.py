@@ -15,12 +15,21 @@ model output, and the cut-out's colour fringe with and without foreground estima
 4. Colour fringe on the composites: mean colour error (0-255) in the edge band of the foreground the
    cut-out carries against the composite's true foreground, with the photo's colours (before) and with
    the estimated ones (after), under the true alpha and under the deep refiner's alpha.
+5. Moving composite clips (--only clips; MattingScenes.clip, validation cut-outs gliding over validation
+   backgrounds, seed 77, 12 clips x 16 frames): dtSSD (temporal coherence), MSE, SAD (personseg.matting
+   .clip_errors) and mask flicker (personseg.metrics.video_metrics) of bilinear / analytic / deep, each with
+   the video's temporal filter off, applied before upsampling (to the model's low-resolution probability)
+   and after (to the full-resolution alpha, where `personseg video` applies it today: segment_frames
+   smooths predict_batch's alphas); ms per frame of upsampling + filter, the variants interleaved per clip.
+
+    flock /tmp/personseg-cpu.lock python benchmarks/matting.py --only clips | tee training_logs/refiner/clips.txt
 """
 import argparse
 import hashlib
 import statistics
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -33,8 +42,10 @@ from personseg import matting  # noqa: E402
 from personseg.evaluate import evaluate_folders  # noqa: E402
 from personseg.guided_filter import refine_alpha  # noqa: E402
 from personseg.imageio import read_image  # noqa: E402
+from personseg.metrics import video_metrics  # noqa: E402
 from personseg.predict import load  # noqa: E402
 from personseg.refiner_train import MattingScenes, model_probability  # noqa: E402
+from personseg.video import Frame, make_temporal  # noqa: E402
 
 FOLDERS = ("portraits", "ccp", "hsd", "coco", "pennfudan")
 METHODS = ("bilinear", "guided", "deep")
@@ -161,6 +172,93 @@ def fringe_table(predictor, scenes: list[tuple]) -> None:
               f"(ratio {m['rim after'] / m['rim before']:.3f})")
 
 
+ORDERS = ("off", "before", "after")
+
+
+def temporal_run(predictor, method: str, mode: str, order: str, images: np.ndarray,
+                 probs: list) -> tuple[np.ndarray, float]:
+    """A clip's alphas (T, H, W) and the seconds its temporal filter took: each frame's low-resolution
+    probability upsampled by `method`, with a fresh temporal filter `mode` (make_temporal, its defaults)
+    off, before the upsampling or after it."""
+    temporal = None if order == "off" else make_temporal(mode, predictor.threshold)
+    frames = [Frame(t, image, t, Fraction(1, 30)) for t, image in enumerate(images)]
+    alphas: list = [None] * len(frames)
+    seconds = 0.0
+
+    def filtered(call, *args) -> list:
+        nonlocal seconds
+        t = time.perf_counter()
+        done = call(*args)
+        seconds += time.perf_counter() - t
+        return done
+
+    def finish(done) -> None:  # what the filter gave back: (frame, filtered) pairs, in order
+        for frame, x in done:
+            alphas[frame.index] = upsample(predictor, method, frame.rgb, x) if order == "before" else x
+
+    for frame, prob in zip(frames, probs):
+        if order == "off":
+            alphas[frame.index] = upsample(predictor, method, frame.rgb, prob)
+        elif order == "before":
+            finish(filtered(temporal.push, frame, prob))
+        else:
+            finish(filtered(temporal.push, frame, upsample(predictor, method, frame.rgb, prob)))
+    if temporal is not None:
+        finish(filtered(temporal.flush))
+    return np.stack(alphas), seconds
+
+
+def clips_table(predictor, data: Path, count: int, frames: int, seed: int = 77) -> None:
+    cv2.setNumThreads(2)
+    scenes = MattingScenes(data, "val")
+    modes = ("median", "ema")  # personseg video's default (TemporalMedian), and the camera's (TemporalFilter)
+    variants = [(m, "none", "off") for m in METHODS] + [(m, mode, order) for m in METHODS for mode in modes
+                                                          for order in ORDERS[1:]]
+    rows: dict[tuple, list[dict]] = {v: [] for v in variants}
+    sizes, model_ms = [], []
+    for c in range(count):
+        images, truth = scenes.clip(seed * 1_000_003 + c, frames)
+        probs = []
+        for image in images:
+            t = time.perf_counter()
+            probs.append(predictor.regions(model_probability(predictor, image), predictor.threshold))
+            model_ms.append((time.perf_counter() - t) * 1000)
+        sizes.append((images.shape[1] * images.shape[2], probs[0].size))
+        order = variants[c % len(variants):] + variants[:c % len(variants)]  # rotated: no variant always first
+        for v in order:
+            t = time.perf_counter()
+            alphas, filter_seconds = temporal_run(predictor, *v, images, probs)
+            ms = (time.perf_counter() - t) * 1000 / frames
+            errors = matting.clip_errors(alphas, truth)
+            errors["flicker"] = video_metrics(alphas >= predictor.threshold, truth >= 0.5)["flicker"]
+            rows[v].append({**errors, "ms": ms, "filter_ms": filter_seconds * 1000 / frames})
+    pixels, low = (statistics.median(n) for n in zip(*sizes))
+    print(f"\n5. Moving composite clips: {count} clips x {frames} frames (validation cut-outs over validation "
+          f"backgrounds, seed {seed}; median {pixels / 1e6:.2f} MP a frame, the model's probability {low:.0f} px;"
+          f"\n   the model {statistics.median(model_ms):.1f} ms a frame, not counted below)."
+          "\n   Mean over clips; dtSSD x100 (as RVM prints it), MSE x1000, SAD / 1000 per frame; flicker: share"
+          "\n   of steady true-mask pixels whose predicted mask flips; ms: upsampling + filter a frame, and the filter"
+          "\n   alone (filter ms), medians over clips.")
+    print(f"{'upsampling':10s} {'temporal':8s} {'order':7s} {'dtSSD':>7s} {'MSE':>7s} {'SAD':>7s} {'flicker':>8s} "
+          f"{'ms':>6s} {'filter ms':>9s}")
+    means = {}
+    for v in variants:
+        m = {k: float(np.mean([r[k] for r in rows[v]])) for k in ("dtssd", "mse", "sad", "flicker")}
+        m["ms"] = statistics.median(r["ms"] for r in rows[v])
+        m["filter_ms"] = statistics.median(r["filter_ms"] for r in rows[v])
+        means[v] = m
+        print(f"{v[0]:10s} {v[1]:8s} {v[2]:7s} {m['dtssd'] * 100:7.3f} {m['mse'] * 1000:7.3f} {m['sad']:7.3f} "
+              f"{m['flicker']:8.5f} {m['ms']:6.1f} {m['filter_ms']:9.2f}")
+    print("before vs after, clips where before is lower (dtSSD, MSE):")
+    for m in METHODS:
+        for mode in modes:
+            b, a = rows[(m, mode, "before")], rows[(m, mode, "after")]
+            wins = {k: sum(x[k] < y[k] for x, y in zip(b, a)) for k in ("dtssd", "mse")}
+            cost = means[(m, mode, "before")]["filter_ms"] - means[(m, mode, "after")]["filter_ms"]
+            print(f"  {m:9s} {mode:7s} dtSSD {wins['dtssd']}/{count}, MSE {wins['mse']}/{count}; "
+                  f"filter ms before - after {cost:+.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -168,11 +266,14 @@ def main() -> int:
     parser.add_argument("--composites", type=int, default=60)
     parser.add_argument("--limit", type=int, help="images per real folder")
     parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--only", choices=("matting", "folders", "timing", "fringe"), action="append")
+    parser.add_argument("--clips", type=int, default=12, help="moving composite clips (section 5)")
+    parser.add_argument("--frames", type=int, default=16, help="frames a clip")
+    parser.add_argument("--only", choices=("matting", "folders", "timing", "fringe", "clips"), action="append",
+                        help="sections to run (default: all)")
     args = parser.parse_args()
     predictor = load(args.model, refine="deep", threads=2)
     print(f"model {args.model} (tta {predictor.tta}), refiner {Path(predictor.refiner.path).name}")
-    only = set(args.only or ("matting", "folders", "timing", "fringe"))
+    only = set(args.only or ("matting", "folders", "timing", "fringe", "clips"))
     scenes = composites(predictor, args.data, args.composites) if only & {"matting", "fringe"} else []
     if "matting" in only:
         matting_table(predictor, scenes)
@@ -182,6 +283,8 @@ def main() -> int:
         timing_table(predictor, args.data, args.repeat)
     if "fringe" in only:
         fringe_table(predictor, scenes)
+    if "clips" in only:
+        clips_table(predictor, args.data, args.clips, args.frames)
     return 0
 
 

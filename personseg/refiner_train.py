@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from personseg import matting
-from personseg.data import random_cutout, read_pair, read_rgb
+from personseg.data import paste, random_cutout, read_pair, read_rgb
 from personseg.folders import decode_mask, list_images, list_pairs, split_items
 from personseg.guided_filter import area_downsample, coefficients, default_radius, refine_alpha
 from personseg.guided_filter_torch import DeepGuidedFilterRefiner
@@ -72,8 +72,6 @@ class MattingScenes:
     def render(self, seed: int, with_foreground: bool = False):
         """(image (H, W, 3) uint8, alpha (H, W) float32); `with_foreground` adds the people's own colours
         F (H, W, 3) float32 (the colour-matched cut-outs, before noise), valid where alpha > 0."""
-        from personseg.data import paste
-
         rng = np.random.default_rng(seed)
         back = self.background(rng)
         image = back.astype(np.float32)
@@ -88,6 +86,40 @@ class MattingScenes:
         image += rng.normal(0, rng.uniform(0, 4), image.shape).astype(np.float32)
         image = image.round().clip(0, 255).astype(np.uint8)
         return (image, alpha, fg) if with_foreground else (image, alpha)
+
+    def clip(self, seed: int, frames: int = 16, shift: float = 0.12, zoom: float = 0.08):
+        """A moving soft-alpha clip, for temporal coherence (dtSSD): (images (T, H, W, 3) uint8, alphas
+        (T, H, W) float32), a function of (split, seed) only. One cut-out (as `render` draws it: colour
+        matched, edge blurred) glides over a still background from one pose to another with a cosine
+        ease: its top-left moves up to `shift` of the picture's width and height, its size changes by
+        up to `zoom`, at sub-pixel steps (each frame resampled from the same cut-out, then `paste`d).
+        Sensor noise is drawn anew on every frame, as a camera's is."""
+        rng = np.random.default_rng(seed)
+        back = self.background(rng)
+        H, W = back.shape[:2]
+        rgb, a = self.person(rng, max(8, round(rng.uniform(0.45, 0.85) * H)), back.astype(np.float32))
+        h, w = a.shape
+        x = rng.uniform(-w / 4, max(-w / 4 + 1, W - 3 * w / 4), 2)
+        x[1] = x[0] + rng.uniform(-shift, shift) * W
+        y = rng.uniform(0, max(1, H - h / 2), 2)
+        y[1] = y[0] + rng.uniform(-shift, shift) * H
+        scale = 1 + rng.uniform(-zoom, zoom, 2) / 2
+        noise = rng.uniform(0, 4)
+        images, alphas = [], []
+        for t in range(frames):
+            ease = (1 - math.cos(math.pi * t / max(1, frames - 1))) / 2
+            (xt, yt, st) = (v[0] + (v[1] - v[0]) * ease for v in (x, y, scale))
+            x0, y0 = math.floor(xt), math.floor(yt)
+            M = np.float32([[st, 0, xt - x0], [0, st, yt - y0]])  # the cut-out's sub-pixel pose, then paste
+            size = (math.ceil(w * st) + 2, math.ceil(h * st) + 2)
+            rgb_t = cv2.warpAffine(rgb, M, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            a_t = cv2.warpAffine(a, M, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+            image, alpha = back.astype(np.float32), np.zeros((H, W), np.float32)
+            paste(image, alpha, rgb_t, np.clip(a_t, 0, 1), x0, y0)
+            image += rng.normal(0, noise, image.shape).astype(np.float32)
+            images.append(image.round().clip(0, 255).astype(np.uint8))
+            alphas.append(alpha)
+        return np.stack(images), np.stack(alphas)
 
 
 class MaskPhotos:

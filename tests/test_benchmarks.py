@@ -59,3 +59,46 @@ def test_mediapipe_worker_returns_a_probability_map_at_the_photo_size(peers):
     finally:
         model.close()
     assert model.proc.returncode == 0
+
+
+def test_matting_clips_apply_the_temporal_filter_before_or_after_upsampling():
+    """benchmarks/matting.py section 5: every frame comes back in order (the median's one-frame delay
+    flushed at the end), and the filter runs on the low-resolution probability (before) or on the alpha
+    (after)."""
+    import importlib.util
+
+    from personseg.video import TemporalMedian
+
+    pytest.importorskip("torch")  # the benchmark draws its clips with refiner_train (training code)
+
+    spec = importlib.util.spec_from_file_location("matting_benchmark", REPO / "benchmarks" / "matting.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Stub:
+        threshold, refiner = 0.5, None
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 12, 16, 3), dtype=np.uint8)
+    probs = [rng.random((3, 4)).astype(np.float32) for _ in images]
+    up = [bench.upsample(Stub, "bilinear", im, p) for im, p in zip(images, probs)]
+    off, _ = bench.temporal_run(Stub, "bilinear", "median", "off", images, probs)
+    np.testing.assert_array_equal(off, np.stack(up))
+    for order, inputs in (("before", probs), ("after", up)):
+        median = TemporalMedian(threshold=0.5)
+        expected = [x for f, p in zip(range(5), inputs) for _, x in median.push(_frame(f, images[f]), p)]
+        expected += [x for _, x in median.flush()]
+        if order == "before":
+            expected = [bench.upsample(Stub, "bilinear", im, p) for im, p in zip(images, expected)]
+        alphas, seconds = bench.temporal_run(Stub, "bilinear", "median", order, images, probs)
+        np.testing.assert_array_equal(alphas, np.stack(expected))
+        assert seconds > 0
+    assert not np.array_equal(bench.temporal_run(Stub, "bilinear", "median", "before", images, probs)[0], off)
+
+
+def _frame(index, rgb):
+    from fractions import Fraction
+
+    from personseg.video import Frame
+
+    return Frame(index, rgb, index, Fraction(1, 30))

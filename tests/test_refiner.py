@@ -116,6 +116,24 @@ def test_matting_scenes_are_deterministic_with_soft_alpha_and_split(data_dir):
     assert ((alpha > 0.05) & (alpha < 0.95)).sum() > 100 and alpha.max() > 0.99
 
 
+def test_matting_clips_move_smoothly_and_are_deterministic(data_dir):
+    """MattingScenes.clip: the dtSSD clips of benchmarks/matting.py. The cut-out moves a little every frame
+    (sub-pixel steps, eased), never jumps, and the same seed gives the same clip."""
+    val = MattingScenes(data_dir, "val")
+    images, alphas = val.clip(3, frames=8)
+    again, alphas2 = val.clip(3, frames=8)
+    assert np.array_equal(images, again) and np.array_equal(alphas, alphas2)
+    assert images.shape[:3] == alphas.shape and images.shape[0] == 8 and images.dtype == np.uint8
+    assert ((alphas > 0.05) & (alphas < 0.95)).sum(axis=(1, 2)).min() > 100 and alphas.max() > 0.99
+    ys, xs = np.mgrid[:alphas.shape[1], :alphas.shape[2]]
+    area = alphas.sum(axis=(1, 2))
+    centre = np.stack([(alphas * xs).sum(axis=(1, 2)) / area, (alphas * ys).sum(axis=(1, 2)) / area], 1)
+    steps = np.linalg.norm(np.diff(centre, axis=0), axis=1)
+    assert steps.max() < 0.05 * max(alphas.shape[1:]) and np.linalg.norm(centre[-1] - centre[0]) > 2
+    assert np.abs(np.diff(area)).max() < 0.1 * area.max()
+    assert not np.array_equal(val.clip(4, frames=2)[1], alphas[:2])
+
+
 def test_training_crops_equal_the_whole_picture():
     """crop_alpha (training's edge-centred crops) gives the whole-picture alpha on its pixels, at the
     borders too (bilinear source rows clamped as the resize clamps them)."""
