@@ -1,9 +1,10 @@
 """Body landmarks: COCO's 17 keypoints as heatmaps, decoded and grouped per person.
 
 Targets follow SimpleBaseline (Xiao, Wu, Wei, "Simple Baselines for Human Pose Estimation and
-Tracking", ECCV 2018): one Gaussian per visible keypoint on a heatmap at stride `STRIDE` of the input,
-all people of a picture in the same map (element-wise max). Decoding takes each channel's maximum in
-a region and moves it a quarter pixel towards the higher neighbour, as SimpleBaseline does.
+Tracking", ECCV 2018): one Gaussian per visible keypoint on a heatmap at stride `STRIDE` of the input
+(several people in one map take the element-wise max; the shipped head trains on one person a crop,
+personseg.data.CocoPersonCrops). Decoding takes each channel's maximum and moves it a quarter pixel
+towards the higher neighbour, as SimpleBaseline does.
 
 People are found top-down, as SimpleBaseline does with a person detector: each connected region of the
 predicted person mask (8-connected, at least `MIN_REGION` of the picture) is one person; the photo is
@@ -11,8 +12,7 @@ cropped around the region's box (grown by `CROP_PAD`, widened to the model's tal
 and the crop goes through the network again, so a small person fills the model's input. Its keypoints
 are each channel's maximum in the crop. Limits: people who touch or overlap in the mask become one
 region (one skeleton, the stronger of their joints), a person split by an occluder becomes two, and
-each person costs one more network pass. `group` is the older bottom-up reading of the whole picture's
-heatmaps (one pass, but people a few heatmap pixels tall). Torch-free (numpy and OpenCV).
+each person costs one more network pass. Torch-free (numpy and OpenCV).
 """
 from __future__ import annotations
 
@@ -128,27 +128,6 @@ def person_boxes(mask: np.ndarray, grow: float = 0.1) -> list[tuple[int, int, in
             gx, gy = grow / 2 * w, grow / 2 * h
             boxes.append((int(x - gx), int(y - gy), int(np.ceil(x + w + gx)), int(np.ceil(y + h + gy))))
     return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
-
-
-def group(heatmaps: np.ndarray, person: np.ndarray, input_size: tuple[int, int], stride: int = STRIDE) -> list[dict]:
-    """One skeleton per person region: `heatmaps` (17, h, w) of a model input of `input_size` (H, W),
-    `person` the (H, W) bool mask of the picture (any size: its pixels are the output's). Returns
-    [{"keypoints": (17, 3) x, y, score in picture pixels, "box": (x0, y0, x1, y1), "score": mean}], largest first."""
-    h, w = heatmaps.shape[1:]
-    scale = (person.shape[1] / input_size[1], person.shape[0] / input_size[0])
-    small = cv2.resize(person.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-    people = []
-    for box in person_boxes(person):
-        fx, fy = w / person.shape[1], h / person.shape[0]
-        hb = (max(0, int(box[0] * fx)), max(0, int(box[1] * fy)),
-              min(w, max(int(np.ceil(box[2] * fx)), int(box[0] * fx) + 1)),
-              min(h, max(int(np.ceil(box[3] * fy)), int(box[1] * fy) + 1)))
-        if hb[2] <= hb[0] or hb[3] <= hb[1] or not small[hb[1]:hb[3], hb[0]:hb[2]].any():
-            continue
-        keypoints = decode(heatmaps, hb, scale, stride)
-        people.append({"keypoints": keypoints, "box": tuple(float(v) for v in box),
-                       "score": float(keypoints[:, 2].mean())})
-    return people
 
 
 def top_down(rgb: np.ndarray, person: np.ndarray, heatmaps_of, size: tuple[int, int],
