@@ -22,6 +22,10 @@ Result (60 files per folder, see benchmarks/README.md): K = 180 (r = 1 at 320x18
 were best with and without --blur; larger r is worse, smaller eps better, 1e-6 ties with 1e-5.
 
     python benchmarks/guided_filter_boundary.py --limit 60 [--sweep]
+
+`--baseline REV` also runs refine_alpha as it was at git revision REV on the same low-res masks and
+prints both side by side with the largest alpha difference and how many pixels cross 0.5 differently
+(to check that a faster filter gives the same masks: benchmarks/guided_filter_speed.py).
 """
 
 import argparse
@@ -155,6 +159,34 @@ def time_refine(repeats: int = 20) -> tuple[float, float]:
     return 1000 * float(np.median(times)), 1000 * min(times)
 
 
+def compare_baseline(data: Path, limit: int, blur: float, rev: str) -> None:
+    """Boundary IoU, boundary F and IoU of refine_alpha now and at git revision `rev`, per folder, with the
+    largest |alpha now - alpha then| and the pixels on different sides of 0.5."""
+    from guided_filter_speed import module_at  # benchmarks/guided_filter_speed.py
+
+    methods = {"now": refine_alpha, rev[:10]: module_at(rev).refine_alpha}
+    diffs = {"max": 0.0, "flipped": 0, "pixels": 0}
+
+    def differ(image: np.ndarray, alpha_lr: np.ndarray) -> np.ndarray:  # scored like bilinear; counts the rest
+        now, then = (f(image, alpha_lr) for f in methods.values())
+        diffs["max"] = max(diffs["max"], float(np.abs(now - then).max()))
+        diffs["flipped"] += int(((now > 0.5) != (then > 0.5)).sum())
+        diffs["pixels"] += now.size
+        return now
+
+    print(f"refine_alpha now vs at {rev[:10]}; low-res budget {BUDGET} px, blur sigma {blur:g}")
+    print(f"{'folder':<10} {'n':>4} | {'BIoU now':>9} {'BIoU then':>9} | {'F now':>7} {'F then':>7} | "
+          f"{'IoU now':>7} {'IoU then':>8}")
+    for folder in FOLDERS:
+        pairs = load_pairs(data, folder, limit, offset=0.0)
+        totals = evaluate(pairs, dict(methods, check=differ), blur)
+        a, b = reduce(totals["now"]), reduce(totals[rev[:10]])
+        print(f"{folder:<10} {len(pairs):>4} | {a['biou']:9.4f} {b['biou']:9.4f} | {a['f']:7.4f} {b['f']:7.4f} | "
+              f"{a['iou']:7.4f} {b['iou']:8.4f}")
+    print(f"largest |alpha now - alpha then| {diffs['max']:.1e}; pixels on different sides of 0.5: "
+          f"{diffs['flipped']} of {diffs['pixels']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path,
@@ -163,7 +195,11 @@ def main() -> None:
     parser.add_argument("--blur", type=float, default=0.0,
                         help="Gaussian sigma (low-res pixels) applied to the low-res alpha; 0 = none")
     parser.add_argument("--sweep", action="store_true", help="also tune refine_alpha's r and eps")
+    parser.add_argument("--baseline", metavar="REV", help="also compare with refine_alpha at this git revision")
     args = parser.parse_args()
+    if args.baseline:
+        compare_baseline(args.data, args.limit, args.blur, args.baseline)
+        return
 
     methods = {"bilinear": bilinear, "guided": refine_alpha}
     pooled = {name: dict.fromkeys(COUNTS, 0) for name in methods}
