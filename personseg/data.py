@@ -335,10 +335,12 @@ class CocoPersonCrops(CocoPersons):
     """Top-down keypoint samples (SimpleBaseline's): one per person with labelled keypoints in the COCO
     images of the split, the photo cropped around the person's box as `personseg.keypoints.crop_window`
     cuts it at inference (grown by CROP_PAD, to the tall input's aspect). Training crops jitter the
-    box's scale (x0.85-1.25) and centre (up to 10% of the box) and mirror half of them (left and right
-    joints swapped). The heatmap targets are that person's joints only; the other people's pixels are
+    box's scale (x0.85-1.25) and centre (up to 10% of the box), turn half of them by up to `rotate`
+    degrees (SimpleBaseline turns by up to 40) and mirror half (left and right joints swapped). The heatmap targets are that person's joints only; the other people's pixels are
     don't-care. The crop is made at the tall input size (train with data.tall_share 1); this jitter is
     the source's augmentation (its `augment` setting is not used)."""
+
+    rotate = 30.0
 
     def __init__(self, images_dir: str | Path, annotation_json: str | Path, split: str = "train", **kwargs):
         super().__init__(images_dir, annotation_json, split, **{**kwargs, "augment": "none"})
@@ -367,10 +369,11 @@ class CocoPersonCrops(CocoPersons):
             if ann["id"] != target["id"]:
                 others[m > 0] = 1
         x, y, bw, bh = target["bbox"]
-        scale, shift, flip = 1.0, (0.0, 0.0), False
+        scale, shift, flip, angle = 1.0, (0.0, 0.0), False, 0.0
         if self.jitter:
             rng = np.random.default_rng(seed)
             scale, shift, flip = rng.uniform(0.85, 1.25), rng.uniform(-0.1, 0.1, 2) * (bw, bh), rng.random() < 0.5
+            angle = rng.uniform(-self.rotate, self.rotate) if rng.random() < 0.5 else 0.0
         cx, cy = x + bw / 2 + shift[0], y + bh / 2 + shift[1]
         bw, bh = bw * scale, bh * scale
         size = (self.size[0], self.size[1]) if self.size[0] > self.size[1] else (self.size[1], self.size[0])  # tall (H, W)
@@ -379,6 +382,13 @@ class CocoPersonCrops(CocoPersons):
         mask, valid, others = (crop(m, window, size, 0, cv2.INTER_NEAREST) for m in (mask, valid, others))
         kp = np.asarray(target["keypoints"], np.float32).reshape(1, -1, 3)
         kp[0, :, 0], kp[0, :, 1] = (kp[0, :, 0] - window[0]) * window[2], (kp[0, :, 1] - window[1]) * window[2]
+        if angle:  # about the crop's centre (pixel indices are the coordinates minus 0.5)
+            turn = cv2.getRotationMatrix2D((size[1] / 2 - 0.5, size[0] / 2 - 0.5), angle, 1.0)
+            warp = lambda a, how, fill: cv2.warpAffine(a, turn, size[::-1], flags=how,  # noqa: E731
+                                                       borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+            image = warp(image, cv2.INTER_LINEAR, PAD_COLOR)
+            mask, valid, others = (warp(m, cv2.INTER_NEAREST, 0) for m in (mask, valid, others))
+            kp[0, :, :2] = (kp[0, :, :2] - 0.5) @ turn[:, :2].T.astype(np.float32) + turn[:, 2].astype(np.float32) + 0.5
         if flip:
             image, mask, valid, others = (np.ascontiguousarray(a[:, ::-1]) for a in (image, mask, valid, others))
             kp[0, :, 0] = size[1] - kp[0, :, 0]
