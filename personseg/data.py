@@ -308,16 +308,19 @@ class CocoPersons(SegDataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def instances(self, image_id: int, shape: tuple[int, int]) -> Iterator[tuple[dict, np.ndarray]]:
+        """Each person annotation of the image (crowds included) with its uint8 mask at `shape` (H, W)."""
+        for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, catIds=self.cat_ids, iscrowd=None)):
+            m = self.coco.annToMask(ann)
+            yield ann, m if m.shape == shape else cv2.resize(m, shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+
     def load(self, i: int, seed: int) -> dict[str, Any]:
         info = self.coco.imgs[self.ids[i]]
         image = read_rgb(self.images_dir / info["file_name"])
         h, w = image.shape[:2]
         mask, crowd = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
         unlabelled, people = np.zeros((h, w), np.uint8), []  # persons without keypoints; (17, 3) keypoints
-        for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=info["id"], catIds=self.cat_ids, iscrowd=None)):
-            m = self.coco.annToMask(ann)
-            if m.shape != (h, w):
-                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+        for ann, m in self.instances(info["id"], (h, w)):
             (crowd if ann.get("iscrowd", 0) else mask)[m > 0] = 1
             if ann.get("num_keypoints", 0) > 0 and not ann.get("iscrowd", 0):
                 people.append(np.asarray(ann["keypoints"], np.float32).reshape(-1, 3))
@@ -336,8 +339,8 @@ class CocoPersonCrops(CocoPersons):
     images of the split, the photo cropped around the person's box as `personseg.keypoints.crop_window`
     cuts it at inference (grown by CROP_PAD, to the tall input's aspect). Training crops jitter the
     box's scale (x0.85-1.25) and centre (up to 10% of the box), turn half of them by up to `rotate`
-    degrees (SimpleBaseline turns by up to 40) and mirror half (left and right joints swapped). The heatmap targets are that person's joints only; the other people's pixels are
-    don't-care. The crop is made at the tall input size (train with data.tall_share 1); this jitter is
+    degrees (SimpleBaseline turns by up to 40) and mirror half (left and right joints swapped). The
+    heatmap targets are that person's joints only; the other people's pixels are don't-care. The crop is made at the tall input size (train with data.tall_share 1); this jitter is
     the source's augmentation (its `augment` setting is not used)."""
 
     rotate = 30.0
@@ -357,17 +360,12 @@ class CocoPersonCrops(CocoPersons):
         info = self.coco.imgs[image_id]
         image = read_rgb(self.images_dir / info["file_name"])
         h, w = image.shape[:2]
-        mask, valid, others = np.zeros((h, w), np.uint8), np.ones((h, w), np.uint8), np.zeros((h, w), np.uint8)
-        for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, catIds=self.cat_ids, iscrowd=None)):
-            m = self.coco.annToMask(ann)
-            if m.shape != (h, w):
-                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-            if ann.get("iscrowd", 0):
-                valid[(m > 0) & (mask == 0)] = 0
-            else:
-                mask[m > 0] = 1
+        mask, crowd, others = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+        for ann, m in self.instances(image_id, (h, w)):
+            (crowd if ann.get("iscrowd", 0) else mask)[m > 0] = 1
             if ann["id"] != target["id"]:
                 others[m > 0] = 1
+        valid = 1 - (crowd & (1 - mask))
         x, y, bw, bh = target["bbox"]
         scale, shift, flip, angle = 1.0, (0.0, 0.0), False, 0.0
         if self.jitter:
@@ -376,12 +374,11 @@ class CocoPersonCrops(CocoPersons):
             angle = rng.uniform(-self.rotate, self.rotate) if rng.random() < 0.5 else 0.0
         cx, cy = x + bw / 2 + shift[0], y + bh / 2 + shift[1]
         bw, bh = bw * scale, bh * scale
-        size = (self.size[0], self.size[1]) if self.size[0] > self.size[1] else (self.size[1], self.size[0])  # tall (H, W)
+        size = (max(self.size), min(self.size))  # (H, W) of the tall input
         window = crop_window((cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), size)
         image = crop(image, window, size, PAD_COLOR)
         mask, valid, others = (crop(m, window, size, 0, cv2.INTER_NEAREST) for m in (mask, valid, others))
-        kp = np.asarray(target["keypoints"], np.float32).reshape(1, -1, 3)
-        kp[0, :, 0], kp[0, :, 1] = (kp[0, :, 0] - window[0]) * window[2], (kp[0, :, 1] - window[1]) * window[2]
+        kp = window_keypoints(np.reshape(target["keypoints"], (-1, 3)), window)[None].astype(np.float32)
         if angle:  # about the crop's centre (pixel indices are the coordinates minus 0.5)
             turn = cv2.getRotationMatrix2D((size[1] / 2 - 0.5, size[0] / 2 - 0.5), angle, 1.0)
             warp = lambda a, how, fill: cv2.warpAffine(a, turn, size[::-1], flags=how,  # noqa: E731

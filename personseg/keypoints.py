@@ -118,15 +118,11 @@ def uncrop(points: np.ndarray, window: tuple[float, float, float]) -> np.ndarray
     return out
 
 
-def person_boxes(mask: np.ndarray, grow: float = 0.1) -> list[tuple[int, int, int, int]]:
+def person_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Boxes (x0, y0, x1, y1) in the mask's pixels of the connected regions of an (H, W) bool mask,
-    each grown by `grow` of its size, largest first; regions under MIN_REGION of the picture are dropped."""
+    largest first; regions under MIN_REGION of the picture are dropped."""
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    boxes = []
-    for x, y, w, h, area in stats[1:]:
-        if area >= MIN_REGION * mask.size:
-            gx, gy = grow / 2 * w, grow / 2 * h
-            boxes.append((int(x - gx), int(y - gy), int(np.ceil(x + w + gx)), int(np.ceil(y + h + gy))))
+    boxes = [(x, y, x + w, y + h) for x, y, w, h, area in stats[1:].tolist() if area >= MIN_REGION * mask.size]
     return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
 
 
@@ -138,7 +134,7 @@ def top_down(rgb: np.ndarray, person: np.ndarray, heatmaps_of, size: tuple[int, 
     the crop's padding to the picture's nearest edge). Returns
     [{"keypoints": (17, 3) x, y, score in picture pixels, "box": (x0, y0, x1, y1), "score": mean}], largest first."""
     people = []
-    for box in person_boxes(person, grow=0.0)[:max_people]:
+    for box in person_boxes(person)[:max_people]:
         window = crop_window(box, size)
         keypoints = uncrop(decode(heatmaps_of(crop(rgb, window, size, PAD_COLOR))), window)
         np.clip(keypoints[:, :2], 0, (rgb.shape[1], rgb.shape[0]), out=keypoints[:, :2])  # the crop may pad
