@@ -1,6 +1,6 @@
 """Body parts and landmarks of a multi-task model (issue 14), beside MediaPipe Pose on the same photos.
 
-    python benchmarks/parts_landmarks.py --model parts [--split val] [--limit N] [--mediapipe] [--json F]
+    python benchmarks/parts_landmarks.py --model parts [--split val] [--limit N] [--mediapipe] [--no-flip] [--json F]
 
 Parts: ccp's photos of --split; the truth is `personseg.parts.ccp_parts` of their label maps. Per-class
 IoU of the six classes from one confusion matrix over all their pixels, and the mean IoU over five
@@ -134,11 +134,12 @@ def oks_ap(coco, image_ids: list[int], results: list[dict]) -> float:
     return float(evaluation.stats[0])
 
 
-def landmark_scores(model_name: str, data: Path, split: str, limit: int | None, mediapipe: bool) -> dict:
+def landmark_scores(model_name: str, data: Path, split: str, limit: int | None, mediapipe: bool,
+                    flip: bool = True) -> dict:
     predictor = personseg.load(model_name)
     source = CocoPersons(data / "coco" / "images", data / "coco" / "annotations.json", split, limit=limit or 0)
     coco, ids = source.coco, source.ids
-    peers = {"personseg": predictor.predict_landmarks}
+    peers = {"personseg": lambda rgb: predictor.predict_landmarks(rgb, flip)}
     pose = MediaPipePose() if mediapipe else None
     if pose:
         peers["mediapipe_pose"] = pose.people
@@ -182,11 +183,13 @@ def main() -> None:
     parser.add_argument("--split", default="val", choices=["val", "holdout"])
     parser.add_argument("--limit", type=int, help="photos per folder (default: all of the split)")
     parser.add_argument("--mediapipe", action="store_true", help="MediaPipe Pose beside it (peers.py --setup first)")
+    parser.add_argument("--no-flip", dest="flip", action="store_false",
+                        help="keypoints from the crop alone (default: the crop and its mirror image averaged)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    figures = {"model": args.model, "split": args.split,
+    figures = {"model": args.model, "split": args.split, "flip": args.flip,
                "parts": part_scores(args.model, args.data, args.split, args.limit),
-               "landmarks": landmark_scores(args.model, args.data, args.split, args.limit, args.mediapipe)}
+               "landmarks": landmark_scores(args.model, args.data, args.split, args.limit, args.mediapipe, args.flip)}
     print(json.dumps(figures, indent=1))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

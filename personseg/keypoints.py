@@ -9,8 +9,9 @@ towards the higher neighbour, as SimpleBaseline does.
 People are found top-down, as SimpleBaseline does with a person detector: each connected region of the
 predicted person mask (8-connected, at least `MIN_REGION` of the picture) is one person; the photo is
 cropped around the region's box (grown by `CROP_PAD`, widened to the model's tall input, `crop_window`)
-and the crop goes through the network again, so a small person fills the model's input. Its keypoints
-are each channel's maximum in the crop. Limits: people who touch or overlap in the mask become one
+and the crop goes through the network again, so a small person fills the model's input, beside its
+mirror image (SimpleBaseline's flip test: the mirror's heatmaps, `unmirror`ed, averaged with the crop's).
+Its keypoints are each channel's maximum in the crop. Limits: people who touch or overlap in the mask become one
 region (one skeleton, the stronger of their joints), a person split by an occluder becomes two, and
 each person costs one more network pass. Torch-free (numpy and OpenCV).
 """
@@ -81,6 +82,13 @@ def decode(heatmaps: np.ndarray, box: tuple[int, int, int, int] | None = None, s
         x, y, score = peak(channel[y0:y1, x0:x1])
         out[k] = ((x0 + x + 0.5) * stride * scale[0], (y0 + y + 0.5) * stride * scale[1], score)
     return out
+
+
+def unmirror(heatmaps: np.ndarray) -> np.ndarray:
+    """(17, h, w) heatmaps of a mirrored picture -> those of the picture: columns reversed, each left joint's
+    channel swapped with its right twin (FLIP). Exact when the picture's width is a multiple of `STRIDE`
+    (heatmap column i then mirrors to w - 1 - i); the crops of `top_down` are."""
+    return heatmaps[list(FLIP), :, ::-1]
 
 
 def crop_window(box: tuple[float, float, float, float], size: tuple[int, int],

@@ -286,13 +286,14 @@ class Predictor:
             return len(getattr(self.model, "outputs", ())) > 1
         return len(getattr(self.run, "output_names", ())) > 1 and not self.recurrent
 
-    def predict_all(self, rgb: np.ndarray) -> dict:
+    def predict_all(self, rgb: np.ndarray, flip: bool = True) -> dict:
         """{"alpha": (H, W) float32, "parts": (H, W) uint8 part classes (personseg.parts.PART_NAMES),
         "people": [{"keypoints": (17, 3) x, y, score, "box", "score"}]} for a multi-task model.
         Parts: the part head's best class where the alpha is at least the threshold (the best person
         class there, never background), background elsewhere, so parts and mask agree. People: one
         skeleton per connected person region of the mask, read top-down from a crop of the region at
-        the model's tall input size (personseg.keypoints.top_down; one more pass per person). `tta`
+        the model's tall input size (personseg.keypoints.top_down; one more pass per person), with
+        `flip` its mirror image too, the two heatmaps averaged (SimpleBaseline's flip test). `tta`
         applies to the alpha only."""
         from personseg import keypoints
 
@@ -307,8 +308,10 @@ class Predictor:
         crop_size = (max(self.input_size), min(self.input_size))  # (H, W): tall, as the keypoint head trained
 
         def heatmaps_of(patch: np.ndarray) -> np.ndarray:
-            outputs = self.run(normalize(patch[None].astype(np.float32) * np.float32(1 / 255), self.mean, self.std))
-            return sigmoid(np.asarray(outputs[2], np.float32)[0])  # focal-loss logits -> peak probabilities
+            batch = np.stack([patch, patch[:, ::-1]]) if flip else patch[None]
+            outputs = self.run(normalize(batch.astype(np.float32) * np.float32(1 / 255), self.mean, self.std))
+            heatmaps = sigmoid(np.asarray(outputs[2], np.float32))  # focal-loss logits -> peak probabilities
+            return (heatmaps[0] + keypoints.unmirror(heatmaps[1])) / 2 if flip else heatmaps[0]
 
         return {"alpha": alpha, "parts": _part_map(np.asarray(heads[0], np.float32)[0], person),
                 "people": keypoints.top_down(rgb, person, heatmaps_of, crop_size)}
@@ -317,9 +320,9 @@ class Predictor:
         """(H, W) uint8 body-part classes (`predict_all`)."""
         return self.predict_all(rgb)["parts"]
 
-    def predict_landmarks(self, rgb: np.ndarray) -> list[dict]:
+    def predict_landmarks(self, rgb: np.ndarray, flip: bool = True) -> list[dict]:
         """One COCO-17 skeleton per person region (`predict_all`)."""
-        return self.predict_all(rgb)["people"]
+        return self.predict_all(rgb, flip)["people"]
 
     def step(self, rgb: np.ndarray, state: StepState | None = None) -> tuple[np.ndarray, StepState]:
         """One video frame through a recurrent model: (its alpha, the state for the next frame). `state`

@@ -54,6 +54,18 @@ def test_heatmaps_of_known_points_decode_to_those_points():
     assert (decoded[labelled, 2] > 0.8).all()
 
 
+def test_heatmaps_of_a_mirrored_picture_unmirror_onto_the_pictures_own():
+    rng = np.random.default_rng(1)
+    size = (384, 216)
+    people = np.zeros((1, 17, 3), np.float32)
+    people[0, :, 0], people[0, :, 1], people[0, :, 2] = rng.uniform(5, 211, 17), rng.uniform(5, 379, 17), 2
+    mirrored = people.copy()
+    mirrored[0, :, 0] = size[1] - people[0, :, 0]  # x -> W - x (pixel edges at 0 and W)
+    mirrored = mirrored[:, list(keypoints.FLIP)]  # the person's left joint is now on the picture's right
+    back = keypoints.unmirror(keypoints.render_heatmaps(mirrored, size))
+    np.testing.assert_allclose(back, keypoints.render_heatmaps(people, size), atol=1e-5)
+
+
 def test_crop_and_uncrop_map_points_both_ways():
     window = keypoints.crop_window((50, 40, 90, 160), (384, 216))  # a tall box, a tall crop
     x0, y0, k = window
