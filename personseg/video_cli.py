@@ -1,7 +1,7 @@
 """`personseg video`: replace or blur the background of a video, or write its masks, alpha or cut-out.
 
-A thin caller of `personseg.video.process_video`: decode, segment and encode overlap in threads; memory
-stays constant whatever the length of the video.
+A thin caller of `personseg.video.process_video`: decode, segment, render and encode overlap in
+threads; memory stays constant whatever the length of the video.
 """
 from __future__ import annotations
 

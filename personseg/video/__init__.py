@@ -10,7 +10,7 @@ The parts, in the order a frame meets them:
 * `personseg.video.tracking`: what segments the frames (the predictor, a `PersonTracker`, or a
   `RecurrentSegmenter` over `Predictor.step`).
 * `personseg.video.temporal`: `TemporalMedian` and `TemporalFilter`, steadying the masks over time.
-* `personseg.video.pipeline`: `process_video`, the three stages in threads, and partial outputs.
+* `personseg.video.pipeline`: `process_video`, its four stages in threads, and partial outputs.
 
 No torch: this runs on the light install. The clip metrics (`video_metrics`) are in personseg.metrics.
 """

@@ -1,9 +1,9 @@
 """`process_video`: read frames, segment them, keep the masks steady over time, write the result.
 
-Three stages overlap in threads joined by bounded queues, so memory stays constant whatever the length:
+Four stages overlap in threads joined by bounded queues, so memory stays constant whatever the length:
 decode (`personseg.video.io` sources) -> segment in batches (`personseg.video.tracking`) and a temporal
-filter (`personseg.video.temporal`) -> render and encode (main thread). One output frame per decoded
-frame.
+filter (`personseg.video.temporal`) -> render (`personseg.render`) -> encode (main thread). One output
+frame per decoded frame.
 
 Outputs are written under a temporary name beside the final path and renamed at the end. If the input
 turns out corrupt or truncated part-way, what was processed is finalized (a valid, playable file or a
@@ -199,18 +199,22 @@ def _run(src, output: Path, output_kind: str, save_masks: Path | None, segmenter
 
     staged, writers = zip(*_outputs(src, output, output_kind, save_masks))
 
-    def pictures(frame: Frame, alpha: np.ndarray) -> Iterator[np.ndarray]:
-        """The picture of each writer, made as it is needed: the output kind's, then the mask."""
+    def pictures(frame: Frame, alpha: np.ndarray) -> list[np.ndarray]:
+        """The picture of each writer: the output kind's, then (--save-masks) the mask."""
         back = background.next() if isinstance(background, BackgroundVideo) else background
-        yield render.output(output_kind, frame.rgb, alpha, threshold, back, foreground)
-        yield render.mask(alpha, threshold)
+        made = [render.output(output_kind, frame.rgb, alpha, threshold, back, foreground)]
+        return made + [render.mask(alpha, threshold)] if len(writers) > 1 else made
 
     bar = tqdm(total=src.frames or None, unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
-    pipeline = _in_thread(segment_frames(_in_thread(src, queue_size), segmenter, smoother, batch_size), queue_size)
+    segmented = _in_thread(segment_frames(_in_thread(src, queue_size), segmenter, smoother, batch_size), queue_size)
+    # Rendering has its own thread: in the main thread it waited behind each encode call, which mostly
+    # waits for x264's own threads (a 480p frame on the shared 2-core VM: 17 ms of wall time for 1.4 ms
+    # of the caller's CPU).
+    pipeline = _in_thread(_rendered(segmented, pictures), queue_size)
     try:
         try:
-            frames, failure = _stream(pipeline, src, writers, pictures, bar)
+            frames, failure = _stream(pipeline, src, writers, bar)
         except (OSError, av.FFmpegError) as e:
             raise VideoError(f"{output}: cannot write the output ({error_reason(e)})") from None
         finally:
@@ -241,8 +245,14 @@ def _outputs(src, output: Path, output_kind: str, save_masks: Path | None) -> li
     return outputs
 
 
-def _stream(pipeline: Iterator, src, writers, pictures, bar) -> tuple[int, VideoError | None]:
-    """Write the (frame, alpha) pairs of `pipeline` and copy its audio packets: (frames written, the
+def _rendered(items: Iterable, pictures) -> Iterator:
+    """(frame, its writers' pictures) for each (frame, alpha) of `items`; audio packets pass through."""
+    for item in items:
+        yield (item[0], pictures(*item)) if isinstance(item, tuple) else item
+
+
+def _stream(pipeline: Iterator, src, writers, bar) -> tuple[int, VideoError | None]:
+    """Write the (frame, pictures) pairs of `pipeline` and copy its audio packets: (frames written, the
     VideoError that stopped the input early or None). Ctrl-C stops a camera, and a file with an error."""
     frames = 0
     try:
@@ -251,8 +261,9 @@ def _stream(pipeline: Iterator, src, writers, pictures, bar) -> tuple[int, Video
                 for writer in writers:
                     writer.mux_audio(item)
                 continue
-            for writer, picture in zip(writers, pictures(*item)):
-                writer.write(picture, item[0])
+            frame, pictures = item
+            for writer, picture in zip(writers, pictures):
+                writer.write(picture, frame)
             frames += 1
             bar.update()
     except KeyboardInterrupt:
