@@ -2,6 +2,7 @@
 
     python benchmarks/video_cli.py                       # fast and accurate, 854x480 and 1280x720, 270 frames
     python benchmarks/video_cli.py --models fast --frames 90
+    flock /tmp/personseg-cpu.lock python benchmarks/video_cli.py --baseline 12cef64   # old vs new, interleaved
 
 Clips: the DAVIS frames (DATA/video) at each size, --frames of them, as 30 fps H.264 (benchmarks/speed.py's
 make_clip, not timed). `python benchmarks/speed.py --end-to-end` times the same pipeline in-process;
@@ -10,7 +11,10 @@ this script adds what a user's command costs around it and the stages one by one
 End to end: `personseg video CLIP -o OUT.mp4 --model M --quiet` in a subprocess with every default
 (background blur, temporal median, batch 4, ORT threads = the usable cores), wall time from start to
 exit, so Python start-up, imports and the model load count as a user feels them; "steady" removes that
-start-up (the same command's time on a 1-frame clip).
+start-up (the same command's time on a 1-frame clip). "cpu" is the command's user + system time a frame
+(all its threads): on a shared machine, where the command gets what the other jobs leave, it says more
+than the wall time. `--baseline REV` runs the same command with the personseg package of git revision
+REV, alternating with the working tree's run by run.
 
 Stages, one at a time on the same clip in this process (no overlap): decode (PyAV), segment
 (`Predictor.predict_batch`, batches of 4), render (`render.output("background", ..., "blur")`: the blurred
@@ -22,11 +26,14 @@ on this machine's cores.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -34,15 +41,32 @@ from pathlib import Path
 from speed import make_clip  # benchmarks/speed.py: the DAVIS frames as a 30 fps H.264 clip
 
 SIZES = {"480p": (854, 480), "720p": (1280, 720)}
+REPO = Path(__file__).resolve().parents[1]
 
 
-def cli_seconds(clip: Path, out: Path, model: str) -> float:
-    """Wall seconds of `personseg video CLIP -o OUT --model MODEL --quiet` (defaults otherwise)."""
+def package_at(rev: str, tmp: Path) -> Path:
+    """A folder holding the personseg package (weights included) as it was at git revision `rev`."""
+    root = tmp / f"personseg-{rev}"
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "personseg"], check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    return root
+
+
+def cli_seconds(clip: Path, out: Path, model: str, package: Path = REPO) -> tuple[float, float]:
+    """Wall and CPU (user + system, all threads) seconds of `personseg video CLIP -o OUT --model MODEL
+    --quiet` (defaults otherwise), with the personseg package found in the folder `package`."""
     command = [sys.executable, "-m", "personseg", "video", str(clip), "-o", str(out), "--model", model,
                "--quiet", "--overwrite"]
+    env = {**os.environ, "PYTHONPATH": str(package)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    # run from the clip's folder: `-m` puts the working directory first on sys.path, ahead of PYTHONPATH
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=clip.parent, env=env)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def stage_ms(clip: Path, model: str, tmp: Path) -> dict[str, float]:
@@ -89,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="480p,720p", help=f"comma-separated of {', '.join(SIZES)}")
     parser.add_argument("--frames", type=int, default=270, help="frames per clip (default: 270, 9 s at 30 fps)")
     parser.add_argument("--runs", type=int, default=2, help="end-to-end runs per case, median kept (default: 2)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time the command with the personseg package of this git revision, "
+                             "alternating with the working tree's runs")
     args = parser.parse_args(argv)
     data = Path(args.data)
     if not (data / "video").is_dir():
@@ -98,21 +125,29 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
+        packages = {"": REPO} | ({f"baseline {args.baseline}: ": package_at(args.baseline, tmp)} if args.baseline else {})
         for label in args.sizes.split(","):
             size = SIZES[label]
             clip = make_clip(data, tmp / f"{label}.mp4", *size, args.frames)
             one = make_clip(data, tmp / f"{label}_1.mp4", *size, 1)
             for model in args.models.split(","):
-                wall = statistics.median(cli_seconds(clip, tmp / "out.mp4", model) for _ in range(args.runs))
-                startup = cli_seconds(one, tmp / "out1.mp4", model)
-                stages = stage_ms(clip, model, tmp)
-                serial = sum(v for k, v in stages.items() if not k.startswith("("))
-                print(f"{model} {label} ({size[0]}x{size[1]}), {args.frames} frames: end to end "
-                      f"{args.frames / wall:.1f} frames/s ({wall:.2f} s), steady "
-                      f"{(args.frames - 1) / max(wall - startup, 1e-6):.1f} frames/s (start-up {startup:.2f} s); "
-                      f"stages alone, ms a frame: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
-                      + f" (sum {serial:.1f} = {1000 / serial:.1f} frames/s serial)",
-                      flush=True)
+                runs = {name: [] for name in packages}
+                for _ in range(args.runs):  # old, new, old, new, ...: both see the same load
+                    for name, package in reversed(packages.items()):
+                        runs[name].append(cli_seconds(clip, tmp / "out.mp4", model, package))
+                for name, package in reversed(packages.items()):
+                    wall, cpu = (statistics.median(r[i] for r in runs[name]) for i in (0, 1))
+                    startup = cli_seconds(one, tmp / "out1.mp4", model, package)[0]
+                    line = (f"{name}{model} {label} ({size[0]}x{size[1]}), {args.frames} frames: end to end "
+                            f"{args.frames / wall:.1f} frames/s ({wall:.2f} s, cpu {cpu * 1000 / args.frames:.1f} "
+                            f"ms a frame), steady {(args.frames - 1) / max(wall - startup, 1e-6):.1f} frames/s "
+                            f"(start-up {startup:.2f} s)")
+                    if package == REPO:
+                        stages = stage_ms(clip, model, tmp)
+                        serial = sum(v for k, v in stages.items() if not k.startswith("("))
+                        line += ("; stages alone, ms a frame: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+                                 + f" (sum {serial:.1f} = {1000 / serial:.1f} frames/s serial)")
+                    print(line, flush=True)
     print(f"# load average {os.getloadavg()[0]:.1f} at the end")
     return 0
 
