@@ -73,6 +73,17 @@ def test_replace_background(photo, background):
         assert (out[alpha == 0] == (9, 8, 7)).all()
 
 
+def test_replace_background_is_the_alpha_blend_rounded():
+    """The uint8 composite is a person + (1 - a) background, rounded (not truncated, weights not swapped),
+    for any fractional alpha."""
+    rng = np.random.default_rng(1)
+    rgb, back = (rng.integers(0, 256, (37, 53, 3), dtype=np.uint8) for _ in range(2))
+    alpha = rng.random((37, 53), dtype=np.float32)
+    exact = alpha[..., None] * rgb + (1 - alpha[..., None]) * back.astype(np.float64)
+    out = render.replace_background(rgb, alpha, back, foreground=False)
+    assert out.dtype == np.uint8 and np.abs(out - exact).max() <= 0.51
+
+
 def test_blur_keeps_the_person_out_of_the_background():
     rgb = np.zeros((60, 60, 3), np.uint8)
     rgb[20:40, 20:40] = 255  # a white person on black
