@@ -114,3 +114,17 @@ def test_a_heads_model_keeps_the_mask_of_the_model_it_extends_and_finds_parts_an
     k = result["people"][0]["keypoints"]  # COCO order: nose 0, ankles 15 and 16
     assert k[0, 1] < k[15, 1] and k[0, 1] < k[16, 1], "the nose is not above the ankles"
     assert ACCESSORIES_ID == 5
+
+
+@pytest.mark.parametrize("name", sorted(HEADS_ON))
+def test_a_heads_model_reaches_its_card_part_iou_on_the_validation_split(name, data_dir):
+    """card["heads"] holds benchmarks/parts_landmarks.py's figures of the checkpoint scripts/ship_parts.py shipped."""
+    spec = importlib.util.spec_from_file_location("parts_landmarks",
+                                                  Path(__file__).parents[1] / "benchmarks" / "parts_landmarks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    card = read_checkpoint(WEIGHTS_DIR / f"{name}.pt")["meta"]["card"]["heads"]
+    assert card["split"] == "val"
+    scores = module.part_scores(name, data_dir, "val", None)
+    assert scores["images"] == card["parts"]["images"]
+    assert scores["mean_iou"] == pytest.approx(card["parts"]["mean_iou"], abs=0.005)
