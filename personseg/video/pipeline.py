@@ -59,7 +59,18 @@ def segment_frames(items: Iterable[Frame | Any], segmenter, temporal=None,
     except VideoError:
         yield from flush()
         raise
+    finally:
+        _close(items)
     yield from flush()
+
+
+def _close(items: Iterable) -> None:
+    """Close a stage's input now (an `_in_thread` generator stops its thread), not whenever the garbage
+    collector gets to it: a traceback that holds the generator would keep the decode thread reading a
+    container that `process_video` closes (a crash in FFmpeg)."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
 
 
 def _in_thread(iterable: Iterable, maxsize: int) -> Iterator:
@@ -210,7 +221,8 @@ def _run(src, output: Path, output_kind: str, save_masks: Path | None, segmenter
     segmented = _in_thread(segment_frames(_in_thread(src, queue_size), segmenter, smoother, batch_size), queue_size)
     # Rendering has its own thread: in the main thread it waited behind each encode call, which mostly
     # waits for x264's own threads (a 480p frame on the shared 2-core VM: 17 ms of wall time for 1.4 ms
-    # of the caller's CPU).
+    # of the caller's CPU). Each stage closes its input when it ends (`_close`), so closing `pipeline`
+    # stops every thread before `src` is closed.
     pipeline = _in_thread(_rendered(segmented, pictures), queue_size)
     try:
         try:
@@ -247,8 +259,11 @@ def _outputs(src, output: Path, output_kind: str, save_masks: Path | None) -> li
 
 def _rendered(items: Iterable, pictures) -> Iterator:
     """(frame, its writers' pictures) for each (frame, alpha) of `items`; audio packets pass through."""
-    for item in items:
-        yield (item[0], pictures(*item)) if isinstance(item, tuple) else item
+    try:
+        for item in items:
+            yield (item[0], pictures(*item)) if isinstance(item, tuple) else item
+    finally:
+        _close(items)
 
 
 def _stream(pipeline: Iterator, src, writers, bar) -> tuple[int, VideoError | None]:
