@@ -11,9 +11,9 @@ predicted person mask (8-connected, at least `MIN_REGION` of the picture) is one
 cropped around the region's box (grown by `CROP_PAD`, widened to the model's tall input, `crop_window`)
 and the crop goes through the network again, so a small person fills the model's input, beside its
 mirror image (SimpleBaseline's flip test: the mirror's heatmaps, `unmirror`ed, averaged with the crop's).
-Its keypoints are each channel's maximum in the crop. Limits: people who touch or overlap in the mask become one
-region (one skeleton, the stronger of their joints), a person split by an occluder becomes two, and
-each person costs one more network pass. Torch-free (numpy and OpenCV).
+Its keypoints are each channel's maximum in the crop. Limits: people who touch or overlap in the mask
+become one region (one skeleton, the stronger of their joints), a person split by an occluder becomes
+two, and each person costs one more network call (a batch of the crop and its mirror image). Torch-free (numpy and OpenCV).
 """
 from __future__ import annotations
 

@@ -286,15 +286,15 @@ class Predictor:
             return len(getattr(self.model, "outputs", ())) > 1
         return len(getattr(self.run, "output_names", ())) > 1 and not self.recurrent
 
-    def predict_all(self, rgb: np.ndarray, flip: bool = True) -> dict:
+    def predict_all(self, rgb: np.ndarray, flip: bool = True, landmarks: bool = True) -> dict:
         """{"alpha": (H, W) float32, "parts": (H, W) uint8 part classes (personseg.parts.PART_NAMES),
         "people": [{"keypoints": (17, 3) x, y, score, "box", "score"}]} for a multi-task model.
         Parts: the part head's best class where the alpha is at least the threshold (the best person
         class there, never background), background elsewhere, so parts and mask agree. People: one
         skeleton per connected person region of the mask, read top-down from a crop of the region at
         the model's tall input size (personseg.keypoints.top_down; one more pass per person), with
-        `flip` its mirror image too, the two heatmaps averaged (SimpleBaseline's flip test). `tta`
-        applies to the alpha only."""
+        `flip` its mirror image too, the two heatmaps averaged (SimpleBaseline's flip test);
+        `landmarks=False` leaves "people" out and skips those passes. `tta` applies to the alpha only."""
         from personseg import keypoints
 
         if not self.has_heads:
@@ -313,12 +313,14 @@ class Predictor:
             heatmaps = sigmoid(np.asarray(outputs[2], np.float32))  # focal-loss logits -> peak probabilities
             return (heatmaps[0] + keypoints.unmirror(heatmaps[1])) / 2 if flip else heatmaps[0]
 
-        return {"alpha": alpha, "parts": _part_map(np.asarray(heads[0], np.float32)[0], person),
-                "people": keypoints.top_down(rgb, person, heatmaps_of, crop_size)}
+        result = {"alpha": alpha, "parts": _part_map(np.asarray(heads[0], np.float32)[0], person)}
+        if landmarks:
+            result["people"] = keypoints.top_down(rgb, person, heatmaps_of, crop_size)
+        return result
 
     def predict_parts(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W) uint8 body-part classes (`predict_all`)."""
-        return self.predict_all(rgb)["parts"]
+        """(H, W) uint8 body-part classes (`predict_all`, without the landmark passes)."""
+        return self.predict_all(rgb, landmarks=False)["parts"]
 
     def predict_landmarks(self, rgb: np.ndarray, flip: bool = True) -> list[dict]:
         """One COCO-17 skeleton per person region (`predict_all`)."""

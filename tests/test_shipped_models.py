@@ -24,12 +24,18 @@ HEADS_ON = {"parts": "accurate"}
 PERSON_FREE_MAX = 0.02  # share of a person-free photo's pixels that may be called person
 
 
-def ship_model_folders() -> tuple[str, ...]:
-    """The folders scripts/ship_model.py scores (its FOLDERS), so this test follows the card's list."""
-    spec = importlib.util.spec_from_file_location("ship_model", Path(__file__).parents[1] / "scripts" / "ship_model.py")
+def repo_script(relative: str):
+    """The module of a script outside the package (scripts/, benchmarks/), loaded from its file."""
+    path = Path(__file__).parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.FOLDERS
+    return module
+
+
+def ship_model_folders() -> tuple[str, ...]:
+    """The folders scripts/ship_model.py scores (its FOLDERS), so this test follows the card's list."""
+    return repo_script("scripts/ship_model.py").FOLDERS
 
 
 def test_the_default_model_ships():
@@ -119,12 +125,8 @@ def test_a_heads_model_keeps_the_mask_of_the_model_it_extends_and_finds_parts_an
 @pytest.mark.parametrize("name", sorted(HEADS_ON))
 def test_a_heads_model_reaches_its_card_part_iou_on_the_validation_split(name, data_dir):
     """card["heads"] holds benchmarks/parts_landmarks.py's figures of the checkpoint scripts/ship_parts.py shipped."""
-    spec = importlib.util.spec_from_file_location("parts_landmarks",
-                                                  Path(__file__).parents[1] / "benchmarks" / "parts_landmarks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     card = read_checkpoint(WEIGHTS_DIR / f"{name}.pt")["meta"]["card"]["heads"]
     assert card["split"] == "val"
-    scores = module.part_scores(name, data_dir, "val", None)
+    scores = repo_script("benchmarks/parts_landmarks.py").part_scores(name, data_dir, "val", None)
     assert scores["images"] == card["parts"]["images"]
     assert scores["mean_iou"] == pytest.approx(card["parts"]["mean_iou"], abs=0.005)
