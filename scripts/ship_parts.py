@@ -8,6 +8,13 @@ threshold, TTA setting and mask card (they describe the same mask), adds the hea
 (benchmarks/parts_landmarks.py --json) as card["heads"], and writes personseg/weights/parts.pt (fp16, as
 the other shipped models) and parts.onnx (fp32, every head; the ONNX parity check covers the three
 outputs), then checks that parts.onnx and accurate.onnx give the same alpha on real photos.
+
+When `accurate` is shipped anew, the heads move onto its trunk and train on (configs/parts6.yaml):
+
+    python scripts/ship_parts.py --graft personseg/weights/parts.pt --out runs/parts6_init.pt
+
+writes a checkpoint of the multi-task model whose trunk tensors (every tensor accurate.pt has) are
+accurate.pt's and whose heads are the given checkpoint's, for `model.init`.
 """
 from __future__ import annotations
 
@@ -32,10 +39,18 @@ from personseg.predict import WEIGHTS_DIR, Predictor, file_sha256  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="the multi-task run's best.pt")
+    parser.add_argument("checkpoint", nargs="?", help="the multi-task run's best.pt")
+    parser.add_argument("--graft", type=Path, help="a multi-task checkpoint whose heads go onto accurate.pt's trunk")
+    parser.add_argument("--out", type=Path, help="with --graft: where the grafted checkpoint goes")
     parser.add_argument("--figures", type=Path, help="benchmarks/parts_landmarks.py --json output, for the card")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("PERSONSEG_DATA", "../shared/data")))
     args = parser.parse_args()
+    if args.graft:
+        if not args.out or args.checkpoint:
+            parser.error("--graft takes --out and no checkpoint")
+        return graft(args.graft, args.out)
+    if not args.checkpoint:
+        parser.error("give the multi-task run's checkpoint (or --graft)")
     model, info = load_checkpoint(args.checkpoint)
     accurate, accurate_info = load_checkpoint(WEIGHTS_DIR / "accurate.pt")
     trunk = accurate.state_dict()
@@ -71,6 +86,24 @@ def main() -> int:
     worst = max(float(np.abs(parts.predict(read_image(p)) - base.predict(read_image(p))).max()) for p in photos)
     print(f"wrote {pt.relative_to(REPO)} and {onnx_path.relative_to(REPO)} ({onnx_path.stat().st_size / 2**20:.1f} MiB); "
           f"alpha vs accurate.onnx on {len(photos)} photos: max abs difference {worst:.2e}")
+    return 0
+
+
+def graft(heads_path: Path, out: Path) -> int:
+    """Write `heads_path`'s model with accurate.pt's trunk: the starting point for training the heads on anew."""
+    if out.exists():
+        raise SystemExit(f"{out}: already exists; pass another --out (nothing is overwritten)")
+    model, info = load_checkpoint(heads_path)
+    trunk = read_checkpoint(WEIGHTS_DIR / "accurate.pt")["state_dict"]
+    state = model.state_dict()
+    wrong = [k for k, v in trunk.items() if k not in state or state[k].shape != v.shape]
+    if wrong:
+        raise SystemExit(f"{heads_path}: not accurate.pt's architecture plus heads ({wrong[:3]} do not fit)")
+    model.load_state_dict({**state, **{k: v.to(state[k].dtype) for k, v in trunk.items()}})
+    save_checkpoint(out, model, arch=info["arch"], model_kwargs=info["model_kwargs"],
+                    input_size=tuple(info["input_size"]), threshold=info["threshold"],
+                    meta={"heads_from": str(heads_path), "trunk_from": "accurate.pt"})
+    print(f"wrote {out}: {len(trunk)} trunk tensors from accurate.pt, {len(state) - len(trunk)} from {heads_path}")
     return 0
 
 
