@@ -99,7 +99,7 @@ def graft(heads_path: Path, out: Path) -> int:
     wrong = [k for k, v in trunk.items() if k not in state or state[k].shape != v.shape]
     if wrong:
         raise SystemExit(f"{heads_path}: not accurate.pt's architecture plus heads ({wrong[:3]} do not fit)")
-    model.load_state_dict({**state, **{k: v.to(state[k].dtype) for k, v in trunk.items()}})
+    model.load_state_dict({**state, **trunk})  # load_state_dict casts the fp16 trunk to the model's dtype
     save_checkpoint(out, model, arch=info["arch"], model_kwargs=info["model_kwargs"],
                     input_size=tuple(info["input_size"]), threshold=info["threshold"],
                     meta={"heads_from": str(heads_path), "trunk_from": "accurate.pt"})
