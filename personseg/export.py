@@ -80,7 +80,9 @@ def onnx_metadata(info: dict, model: nn.Module | None = None) -> dict[str, str]:
         "personseg_version": personseg.__version__,
     }
     if len(heads_of(model)) > 1:
-        props["outputs"] = json.dumps(list(heads_of(model)))  # multi-task: logits, parts, heatmaps
+        props["outputs"] = json.dumps(list(heads_of(model)))  # logits, then parts, heatmaps or presence
+    if "presence_threshold" in info.get("meta", {}):  # predict.PRESENCE_KEY: the PresenceHead's cut
+        props["presence_threshold"] = repr(float(info["meta"]["presence_threshold"]))
     if is_recurrent(model):
         probe = model.stride * 8
         shapes = model.state_shapes(1, probe, probe)
@@ -90,7 +92,7 @@ def onnx_metadata(info: dict, model: nn.Module | None = None) -> dict[str, str]:
 
 
 def heads_of(model: nn.Module | None) -> tuple[str, ...]:
-    """The output names of a (non-recurrent) model: ("logits",), or a multi-task model's `outputs`."""
+    """The output names of a (non-recurrent) model: its `outputs` ("logits" first), else ("logits",)."""
     return tuple(getattr(model, "outputs", (OUTPUT_NAME,)))
 
 
@@ -139,8 +141,8 @@ def _run_exporter(model: nn.Module, path: Path, opset: int, exporter: str) -> No
     example = torch.randn(1, 3, *TRACE_SIZE, generator=torch.Generator().manual_seed(0))
     args, inputs, outputs = (example,), [INPUT_NAME], list(heads_of(model))
     axes = {INPUT_NAME: DYNAMIC_AXES, OUTPUT_NAME: DYNAMIC_AXES}
-    for name in outputs[1:]:  # multi-task heads; heatmaps are at their own stride
-        axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
+    for name in outputs[1:]:  # multi-task heads (heatmaps are at their own stride); presence: one logit
+        axes[name] = {0: "batch"} if name == "presence" else {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
     if is_recurrent(model):
         state = [torch.zeros(shape) for shape in model.state_shapes(1, *TRACE_SIZE)]
         args = (example, state)

@@ -28,6 +28,8 @@ from personseg.guided_filter import area_downsample
 from personseg.refiner import refine_mode
 from personseg.regions import METADATA_KEY as REGIONS_KEY, RegionFilter
 
+PRESENCE_KEY = "presence_threshold"  # ONNX metadata_props / checkpoint meta: the PresenceHead's cut (0: off)
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "accurate"
 # ImageNet statistics, of 0-1 RGB (as personseg.checkpoint, which needs torch to import)
@@ -210,6 +212,8 @@ class Predictor:
             props = self.info if REGIONS_KEY in self.info else self.info.get("meta", {})
             regions = RegionFilter.from_metadata(props, self.info.get("path", "the model file"))
         self.regions = regions
+        # a model with a PresenceHead: pictures it gives a lower probability of anyone in them get no mask
+        self.presence_threshold = float(self.info.get(PRESENCE_KEY, self.info.get("meta", {}).get(PRESENCE_KEY, 0)))
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -280,11 +284,17 @@ class Predictor:
         return results
 
     @property
+    def output_names(self) -> tuple[str, ...]:
+        """What the model returns, by name: "logits" first, then "parts" and "heatmaps" (a multi-task
+        model) or "presence" (a `PresenceHead`)."""
+        if isinstance(self.run, TorchRunner):
+            return tuple(getattr(self.model, "outputs", ("logits",)))
+        return tuple(getattr(self.run, "output_names", ("logits",)))
+
+    @property
     def has_heads(self) -> bool:
         """Whether the model has the part and keypoint heads (multitask_unet_mobilenet_v2, `parts`)."""
-        if isinstance(self.run, TorchRunner):
-            return len(getattr(self.model, "outputs", ())) > 1
-        return len(getattr(self.run, "output_names", ())) > 1 and not self.recurrent
+        return "heatmaps" in self.output_names and not self.recurrent
 
     def predict_all(self, rgb: np.ndarray, flip: bool = True, landmarks: bool = True) -> dict:
         """{"alpha": (H, W) float32, "parts": (H, W) uint8 part classes (personseg.parts.PART_NAMES),
@@ -351,13 +361,19 @@ class Predictor:
         if self.recurrent:
             logits, state = self.run(x, state)
         else:
-            logits = self.run(x)
-            if isinstance(logits, tuple):  # a multi-task model: the person head, then the others
-                logits, *heads = logits
+            logits, presence = self.run(x), None
+            if isinstance(logits, tuple):  # the person head, then the others
+                named = dict(zip(self.output_names, logits))
+                logits, presence = named.pop("logits"), named.pop("presence", None)
+                heads = list(named.values()) or None  # a multi-task model's parts, heatmaps
         prob = sigmoid(np.asarray(logits, np.float32)[:, 0])
         if self.tta:
             plain, mirrored = np.split(prob, 2)
             prob = (plain + mirrored[..., ::-1]) * np.float32(0.5)
+        if presence is not None and self.presence_threshold > 0:
+            present = sigmoid(np.asarray(presence, np.float32)[:, 0])
+            present = present.reshape(2, -1).mean(0) if self.tta else present
+            prob[present < self.presence_threshold] = 0  # nobody in the picture: no mask at all
         return prob, state if self.recurrent else heads, small
 
     def _finish(self, rgb: np.ndarray, prob: np.ndarray, small: np.ndarray | None = None) -> np.ndarray:

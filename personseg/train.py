@@ -213,7 +213,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict:
     """Train per `cfg`, writing into `out_dir`; returns {"model": unwrapped model, "metrics": last evaluation}."""
     rt, out = setup_distributed(cfg), Path(out_dir)
     model = build_model(cfg, rt)
-    heads = len(getattr(model, "outputs", ())) > 1  # a multi-task model: its samples carry the heads' targets
+    heads = "heatmaps" in getattr(model, "outputs", ())  # a multi-task model: its samples carry the heads' targets
     loaders = build_loaders(cfg, rt, heads)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
@@ -565,8 +565,10 @@ def load_init(model: torch.nn.Module, path: str, master: bool) -> None:
     """Start from a checkpoint's weights. A recurrent model may start from its stateless twin, a
     multi-task model from the UNet it extends: only the ConvGRU cells (decoder.grus.*) or the part and
     keypoint heads are then missing, and they keep their fresh initialisation (or the model's
-    `init_fresh` fills them: a multi-task model's own heads decoder copies the trunk's)."""
-    state = load_checkpoint(path)[0].state_dict()
+    `init_fresh` fills them: a multi-task model's own heads decoder copies the trunk's). A PresenceHead
+    (shipped `accurate`) is left behind: it reads the encoder that training changes, so it is fitted anew
+    on the trained model (scripts/fit_presence.py)."""
+    state = {k: v for k, v in load_checkpoint(path)[0].state_dict().items() if not k.startswith("presence.")}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a size mismatch

@@ -4,7 +4,8 @@
 
 The heads were trained with `accurate`'s trunk frozen (configs/parts.yaml), so the person mask is
 `accurate`'s: this script checks that every trunk tensor equals accurate.pt's, takes accurate's
-threshold, TTA setting and mask card (they describe the same mask), adds the heads' figures
+threshold, TTA setting, presence head and cut (scripts/fit_presence.py) and mask card (they describe the
+same mask), adds the heads' figures
 (benchmarks/parts_landmarks.py --json) as card["heads"], and writes personseg/weights/parts.pt (fp16, as
 the other shipped models) and parts.onnx (fp32, every head; the ONNX parity check covers the three
 outputs), then checks that parts.onnx and accurate.onnx give the same alpha on real photos.
@@ -34,7 +35,8 @@ sys.path.insert(0, str(REPO))
 from personseg.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
 from personseg.export import export_onnx, set_metadata  # noqa: E402
 from personseg.imageio import read_image  # noqa: E402
-from personseg.predict import WEIGHTS_DIR, Predictor, file_sha256  # noqa: E402
+from personseg.models import create_model  # noqa: E402
+from personseg.predict import PRESENCE_KEY, WEIGHTS_DIR, Predictor, file_sha256  # noqa: E402
 
 
 def main() -> int:
@@ -54,12 +56,14 @@ def main() -> int:
     model, info = load_checkpoint(args.checkpoint)
     accurate, accurate_info = load_checkpoint(WEIGHTS_DIR / "accurate.pt")
     trunk = accurate.state_dict()
+    meta = read_checkpoint(WEIGHTS_DIR / "accurate.pt")["meta"]
+    if accurate.presence is not None:  # accurate's PresenceHead (fitted after the heads' training) comes along
+        model, info = with_presence(model, info, accurate)
     mine = model.state_dict()
     differ = [k for k, v in trunk.items() if not torch.equal(mine[k].float(), v.float())]
     if differ:
         raise SystemExit(f"{args.checkpoint}: {len(differ)} trunk tensors differ from accurate.pt ({differ[:3]}); "
                          "train the heads with the trunk frozen (configs/parts.yaml)")
-    meta = read_checkpoint(WEIGHTS_DIR / "accurate.pt")["meta"]
     card = dict(meta.get("card", {}))
     if args.figures:
         card["heads"] = json.loads(args.figures.read_text())
@@ -67,7 +71,8 @@ def main() -> int:
     save_checkpoint(pt, model, arch=info["arch"], model_kwargs=info["model_kwargs"],
                     input_size=tuple(accurate_info["input_size"]), threshold=accurate_info["threshold"],
                     meta={"card": card, "tta": meta.get("tta", False), "heads_from": str(args.checkpoint),
-                          "config": read_checkpoint(args.checkpoint)["meta"].get("config")}, half=True)
+                          "config": read_checkpoint(args.checkpoint)["meta"].get("config"),
+                          **{k: meta[k] for k in [PRESENCE_KEY] if k in meta}}, half=True)
     shipped, shipped_info = load_checkpoint(pt)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "parts.onnx"
@@ -89,13 +94,24 @@ def main() -> int:
     return 0
 
 
+def with_presence(model, info: dict, accurate) -> tuple[torch.nn.Module, dict]:
+    """The multi-task `model` rebuilt with a PresenceHead holding `accurate`'s."""
+    kwargs = {**info["model_kwargs"], "presence": True}
+    out = create_model(info["arch"], **kwargs)
+    out.load_state_dict({**model.state_dict(), **{f"presence.{k}": v for k, v in accurate.presence.state_dict().items()}})
+    return out, {**info, "model_kwargs": kwargs}
+
+
 def graft(heads_path: Path, out: Path) -> int:
     """Write `heads_path`'s model with accurate.pt's trunk: the starting point for training the heads on anew."""
     if out.exists():
         raise SystemExit(f"{out}: already exists; pass another --out (nothing is overwritten)")
     model, info = load_checkpoint(heads_path)
-    trunk = read_checkpoint(WEIGHTS_DIR / "accurate.pt")["state_dict"]
     state = model.state_dict()
+    # accurate's presence head comes along where the heads' model has one (training leaves it behind,
+    # train.load_init; shipping adds it back, `with_presence`)
+    trunk = {k: v for k, v in read_checkpoint(WEIGHTS_DIR / "accurate.pt")["state_dict"].items()
+             if k in state or not k.startswith("presence.")}
     wrong = [k for k, v in trunk.items() if k not in state or state[k].shape != v.shape]
     if wrong:
         raise SystemExit(f"{heads_path}: not accurate.pt's architecture plus heads ({wrong[:3]} do not fit)")

@@ -1,6 +1,7 @@
 """Multi-task UNet-MobileNet: one encoder and decoder, three heads.
 
     logits, parts, heatmaps = model(x)    # (B, 1, H, W), (B, 6, H, W), (B, 17, ceil(H/4), ceil(W/4))
+    # with presence=True (the trunk's PresenceHead, as `accurate` has it) a fourth output, (B, 1)
 
 The person mask comes out as in `UNetMobileNet` (so its weights load into this model unchanged); the
 body-part logits (personseg.parts.PART_NAMES) and the keypoint heatmaps (personseg.keypoints, COCO's 17,
@@ -48,12 +49,11 @@ class Heads(nn.Module):
 class MultiTaskUNet(UNetMobileNet):
     """(B, 3, H, W) -> (person logits, part logits, keypoint heatmaps) for any H and W."""
 
-    outputs = ("logits", "parts", "heatmaps")
-
     def __init__(self, alpha: float = 1.0, decoder_channels: tuple[int, ...] = (96, 32, 24, 16, 16),
                  num_parts: int = len(PART_NAMES), num_keypoints: int = len(COCO_KEYPOINTS),
-                 heads_width: int = 96, encoder_weights: str | None = None, heads_decoder: bool = False):
-        super().__init__("mobilenet_v2", alpha, tuple(decoder_channels), 1, encoder_weights)
+                 heads_width: int = 96, encoder_weights: str | None = None, heads_decoder: bool = False,
+                 presence: bool = False):
+        super().__init__("mobilenet_v2", alpha, tuple(decoder_channels), 1, encoder_weights, presence)
         self.heads = Heads(tuple(decoder_channels[:3]), num_parts, num_keypoints, heads_width)
         self.heads_decoder = self.decoder_class(self.encoder.channels, list(decoder_channels)) if heads_decoder else None
 
@@ -63,7 +63,11 @@ class MultiTaskUNet(UNetMobileNet):
         if self.heads_decoder is not None and any(k.startswith("heads_decoder.") for k in missing):
             self.heads_decoder.load_state_dict(self.decoder.state_dict())
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return ("logits", "parts", "heatmaps") + (("presence",) if self.presence is not None else ())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, (h, w) = pad_to_multiple(x, self.stride)
         features = self.features(x)
         levels = self.decoder.levels(features)  # strides 16, 8, 4, 2
@@ -72,7 +76,8 @@ class MultiTaskUNet(UNetMobileNet):
             levels = self.heads_decoder.levels(features)
         parts, heatmaps = self.heads(levels[0], levels[1], levels[2], x.shape[-2:])
         hk, wk = (h + STRIDE - 1) // STRIDE, (w + STRIDE - 1) // STRIDE  # ceil; ONNX integer division truncates
-        return logits[..., :h, :w], parts[..., :h, :w], heatmaps[..., :hk, :wk]
+        out = (logits[..., :h, :w], parts[..., :h, :w], heatmaps[..., :hk, :wk])
+        return out + (self.presence(features),) if self.presence is not None else out
 
 
 @register_model("multitask_unet_mobilenet_v2")

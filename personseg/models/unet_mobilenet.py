@@ -56,6 +56,27 @@ class UNetDecoder(nn.Module):
         return self.final_up(self.levels(features)[-1])
 
 
+class PresenceHead(nn.Module):
+    """Is anyone in the picture at all? One logit from the encoder's two deepest maps (strides 16 and 32),
+    each pooled by its mean and its max over the picture: a linear classifier (a logistic regression,
+    `scripts/fit_presence.py` fits it on the frozen features). It reads the features only, so adding it
+    leaves the mask as it was; the predictor zeroes the mask of a picture whose presence probability is
+    under the model's `presence_threshold` (a person-free photo's false alarms go, a photo with a person
+    keeps its mask untouched)."""
+
+    def __init__(self, channels: tuple[int, int]):
+        super().__init__()
+        self.linear = nn.Linear(2 * sum(channels), 1)
+
+    @staticmethod
+    def pooled(features: list[torch.Tensor]) -> torch.Tensor:
+        """(B, 2 * (C16 + C32)): the mean and the max of each of the two deepest maps."""
+        return torch.cat([t for f in features[-2:] for t in (f.mean((2, 3)), f.amax((2, 3)))], dim=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.linear(self.pooled(features))
+
+
 class UNetMobileNet(nn.Module):
     """(B, 3, H, W) normalized image -> (B, 1, H, W) person logits, for any H and W."""
 
@@ -64,11 +85,12 @@ class UNetMobileNet(nn.Module):
 
     def __init__(self, encoder: str = "mobilenet_v2", alpha: float = 1.0,
                  decoder_channels: tuple[int, ...] = (96, 32, 24, 16, 16), num_classes: int = 1,
-                 encoder_weights: str | None = None):
+                 encoder_weights: str | None = None, presence: bool = False):
         super().__init__()
         self.encoder = ENCODERS[encoder](alpha)
         self.decoder = self.decoder_class(self.encoder.channels, list(decoder_channels))
         self.head = nn.Conv2d(decoder_channels[-1], num_classes, 1)
+        self.presence = PresenceHead(tuple(self.encoder.channels[-2:])) if presence else None
         if encoder_weights:
             load_encoder_weights(self.encoder, encoder, alpha, encoder_weights)
 
@@ -76,10 +98,17 @@ class UNetMobileNet(nn.Module):
         """The decoder's inputs, shallow to deep (the hybrid model attends over the deepest two)."""
         return self.encoder(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The names of what `forward` returns (the ONNX file's outputs)."""
+        return ("logits", "presence") if self.presence is not None else ("logits",)
+
+    def forward(self, x: torch.Tensor):
+        """Person logits (B, 1, H, W); with a `PresenceHead`, also its logit (B, 1)."""
         x, (h, w) = pad_to_multiple(x, self.stride)
-        logits = self.head(self.decoder(self.features(x)))
-        return logits[..., :h, :w]
+        features = self.features(x)
+        logits = self.head(self.decoder(features))[..., :h, :w]
+        return (logits, self.presence(features)) if self.presence is not None else logits
 
 
 def _scaled(channels: tuple[int, ...], alpha: float) -> tuple[int, ...]:
