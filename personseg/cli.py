@@ -103,6 +103,10 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, *, default_model: s
                              "highest probability is under P, so cats, statues and cups are not half person; "
                              "0.95 took accurate from 6.4%% to 4.9%% of a person-free photo called person "
                              "(benchmarks/region_filter.py) (default: off)")
+    parser.add_argument("--presence-cut", type=threshold, metavar="P",
+                        help="for a model with a presence head (accurate, parts): an empty mask for a photo "
+                             "whose probability of holding anyone is under P; 0 turns it off (default: the "
+                             "model's own, 0.02 for accurate: MODEL_CARD.md, Presence head)")
 
 
 def load_predictor(args: argparse.Namespace, **options):
@@ -115,8 +119,8 @@ def load_predictor(args: argparse.Namespace, **options):
     refine = "none" if args.no_refine else getattr(args, "refine", "auto")
     if getattr(args, "min_peak", None) is not None:
         options.setdefault("regions", RegionFilter(level=args.min_peak, support=0.3))
-    return personseg.load(args.model, device=getattr(args, "device", "cpu"), refine=refine,
-                          tta=args.tta, keep=args.keep, threshold=args.threshold, **options)
+    return personseg.load(args.model, device=getattr(args, "device", "cpu"), refine=refine, tta=args.tta,
+                          keep=args.keep, threshold=args.threshold, presence=args.presence_cut, **options)
 
 
 def has_extra(command: str, module: str, needs: str, extra: str) -> bool:

@@ -473,7 +473,7 @@ def _with_refiner(predictor: Predictor, model_file: Path, refine, threads, spinn
 def load(path_or_name: str | Path | None = None, device: str | None = "cpu", refine: bool | str = True,
          tta: bool | None = None, keep: str = "all", backend: str = "auto", threads: int | None = None,
          spinning: bool = True, threshold: float | None = None,
-         regions: bool | RegionFilter | None = None) -> Predictor:
+         regions: bool | RegionFilter | None = None, presence: float | None = None) -> Predictor:
     """A predictor from a shipped model's name ("accurate", "fast"; None = the default), an ONNX file
     from `personseg export`, or a .pt checkpoint (needs torch: the `train` extra).
 
@@ -487,10 +487,14 @@ def load(path_or_name: str | Path | None = None, device: str | None = "cpu", ref
     `threshold` None: the model's own. `threads` and `spinning`: ONNX Runtime's intra-op threads
     (default: the usable cores, at most 4) and whether they spin-wait. `regions`: None or True, the
     model's own region filter (`personseg.regions`: unconfident person regions dropped); False, none;
-    or a `RegionFilter`."""
+    or a `RegionFilter`. `presence`: for a model with a presence head (`accurate`, `parts`), the
+    probability of anyone being in the photo under which its mask is emptied; None: the model's own cut,
+    0: off."""
     predictor = _load(path_or_name, device, refine, tta, keep, backend, threads, spinning, threshold)
     if regions is not None and regions is not True:
         predictor.regions = regions or RegionFilter()
+    if presence is not None:
+        predictor.presence_threshold = float(presence)
     return predictor
 
 

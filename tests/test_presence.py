@@ -84,3 +84,20 @@ def test_the_cut_is_the_one_that_empties_most_without_costing_a_folder():
     assert table["0.03"]["negatives"] == {"fp_share": 0.05, "over_5pct": 1}
     assert table["none"]["negatives"] == {"fp_share": 0.25, "over_5pct": 2}
     assert fit_presence.choose_cut(rows, max_cost=0.1)[0] == 0.1
+
+
+def test_segment_empties_the_cup_photo_unless_the_cut_is_off(tmp_path):
+    """The shipped accurate on scikit-image's coffee cup: 12% called person without its presence head."""
+    from PIL import Image
+    from skimage import data
+
+    from personseg.cli import main
+
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
+    shares = {}
+    for cut in (None, "0"):
+        out = tmp_path / f"out{cut}"
+        args = ["segment", str(tmp_path / "coffee.png"), "-o", str(out), "--save", "mask", "--quiet"]
+        assert main(args + (["--presence-cut", cut] if cut else [])) == 0
+        shares[cut] = float((np.asarray(Image.open(out / "coffee_mask.png")) > 127).mean())
+    assert shares[None] == 0 and shares["0"] > 0.05, shares
