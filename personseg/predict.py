@@ -354,14 +354,14 @@ class Predictor:
         model's other heads (part logits, heatmaps; of the plain images), else None; and the images
         downsampled to `size` ((N, h, w, 3) in [0, 1], the guided filter's guides). With `tta` the
         mirror images run in the same batch (and, recurrent, carry their own state)."""
-        small, heads = downsample(images, size), None
+        small, heads, presence = downsample(images, size), None, None
         x = normalize(small, self.mean, self.std)
         if self.tta:
             x = np.concatenate([x, x[..., ::-1]])
         if self.recurrent:
             logits, state = self.run(x, state)
         else:
-            logits, presence = self.run(x), None
+            logits = self.run(x)
             if isinstance(logits, tuple):  # the person head, then the others
                 named = dict(zip(self.output_names, logits))
                 logits, presence = named.pop("logits"), named.pop("presence", None)
