@@ -163,4 +163,10 @@ def test_multitask_heads_have_the_documented_shapes_and_take_the_unet_weights():
         logits, parts, heatmaps = multi(x)
         torch.testing.assert_close(logits, unet(x))  # the person mask is the UNet's
     assert parts.shape == (1, 6, 181, 317) and heatmaps.shape == (1, 17, 46, 80)
-    assert MultiTaskUNet.outputs == ("logits", "parts", "heatmaps")
+    assert multi.outputs == ("logits", "parts", "heatmaps")
+    with_presence = MultiTaskUNet(presence=True).eval()  # `parts` as shipped: accurate's presence head too
+    with_presence.load_state_dict(multi.state_dict(), strict=False)
+    with torch.no_grad():
+        out = with_presence(x)
+    assert with_presence.outputs == ("logits", "parts", "heatmaps", "presence") and out[3].shape == (1, 1)
+    torch.testing.assert_close(out[0], logits)
