@@ -28,12 +28,16 @@ class Segmenter:
     (outputs: "kind=path" lines) and returns {"path", "error"} ("" when done)."""
 
     def __init__(self, model: str | None, refine: bool, tta: bool | None, keep: str, threshold: float | None,
-                 background: str, batch_size: int, overwrite: bool, presence: float | None = None):
+                 background: str, batch_size: int, overwrite: bool, presence: float | None = None,
+                 min_peak: float | None = None):
         import personseg
         from personseg import render
 
+        from personseg.cli import min_peak_filter
+
+        regions = min_peak_filter(min_peak) if min_peak is not None else None
         self.predictor = personseg.load(model, device="cpu", refine=refine, tta=tta, keep=keep, threshold=threshold,
-                                        presence=presence)
+                                        presence=presence, regions=regions)
         self.background = render.parse_background(background) if background else None
         self.batch_size, self.overwrite = batch_size, overwrite
 
@@ -67,7 +71,7 @@ def run_batch(inputs: list[str], outdir: str | Path, *, kinds: list[str] | None 
               refine: bool = True, tta: bool | None = None, keep: str = "all", threshold: float | None = None,
               background: str = "blur", batch_size: int = 4, workers: int = 2, recursive: bool = False,
               overwrite: bool = False, address: str | None = None,
-              presence: float | None = None) -> tuple[int, int, list[tuple[str, str]]]:
+              presence: float | None = None, min_peak: float | None = None) -> tuple[int, int, list[tuple[str, str]]]:
     """Segment `inputs` (files, folders, globs) into `outdir` on Ray. Returns (done, skipped, failures):
     images segmented now, images whose outputs were all there already, and (path, reason) pairs.
     `address` None starts a local Ray with `workers` CPUs unless one is running or RAY_ADDRESS is set;
@@ -104,7 +108,8 @@ def run_batch(inputs: list[str], outdir: str | Path, *, kinds: list[str] | None 
             Segmenter, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
             fn_constructor_kwargs={"model": model, "refine": refine, "tta": tta, "keep": keep,
                                    "threshold": threshold, "background": background if "background" in kinds else "",
-                                   "batch_size": batch_size, "overwrite": overwrite, "presence": presence})
+                                   "batch_size": batch_size, "overwrite": overwrite, "presence": presence,
+                                   "min_peak": min_peak})
         results = list(dataset.iter_rows())
     finally:
         if started_here:
@@ -152,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             inputs, args.output, kinds=kinds, model=args.model, refine=not args.no_refine, tta=args.tta,
             keep=args.keep, threshold=args.threshold, background=args.background, batch_size=args.batch_size,
             workers=args.workers, recursive=args.recursive, overwrite=args.overwrite, address=args.address,
-            presence=args.presence_cut)
+            presence=args.presence_cut, min_peak=args.min_peak)
     except (FileNotFoundError, ValueError) as e:
         print(f"personseg batch: {e}", file=sys.stderr)
         return 2

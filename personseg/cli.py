@@ -109,16 +109,21 @@ def add_predictor_arguments(parser: argparse.ArgumentParser, *, default_model: s
                              "model's own, 0.02 for accurate: MODEL_CARD.md, Presence head)")
 
 
+def min_peak_filter(level: float):
+    """The region filter of --min-peak: regions of probability >= 0.3 whose peak is under `level` go."""
+    from personseg.regions import RegionFilter
+
+    return RegionFilter(level=level, support=0.3)
+
+
 def load_predictor(args: argparse.Namespace, **options):
     """`personseg.load` with the options of `add_predictor_arguments`; `options` (spinning=False, ...)
     go to it as they are."""
     import personseg
 
-    from personseg.regions import RegionFilter
-
     refine = "none" if args.no_refine else getattr(args, "refine", "auto")
     if getattr(args, "min_peak", None) is not None:
-        options.setdefault("regions", RegionFilter(level=args.min_peak, support=0.3))
+        options.setdefault("regions", min_peak_filter(args.min_peak))
     return personseg.load(args.model, device=getattr(args, "device", "cpu"), refine=refine, tta=args.tta,
                           keep=args.keep, threshold=args.threshold, presence=args.presence_cut, **options)
 

@@ -53,3 +53,12 @@ def test_ray_batch_matches_segment_byte_for_byte_and_resumes(photos, tmp_path, c
         assert digests(tmp_path / "ray") == expected
     finally:
         ray.shutdown()
+
+
+def test_the_actors_model_takes_the_commands_region_and_presence_options():
+    from personseg.batch_ray import Segmenter
+
+    actor = Segmenter("accurate", True, None, "all", None, "", 2, False, presence=0.0, min_peak=0.9)
+    assert actor.predictor.presence_threshold == 0 and actor.predictor.regions.level == 0.9
+    default = Segmenter("accurate", True, None, "all", None, "", 2, False)
+    assert default.predictor.presence_threshold == 0.02 and default.predictor.regions.level == 0  # the file's own
