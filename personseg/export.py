@@ -41,7 +41,7 @@ from torch import nn
 
 from personseg.cli import positive_int
 from personseg.models import is_recurrent
-from personseg.predict import InputSpec
+from personseg.predict import PRESENCE_KEY, InputSpec
 from personseg.tempfiles import atomic_write
 
 DEFAULT_OPSET = 18
@@ -81,8 +81,8 @@ def onnx_metadata(info: dict, model: nn.Module | None = None) -> dict[str, str]:
     }
     if len(heads_of(model)) > 1:
         props["outputs"] = json.dumps(list(heads_of(model)))  # logits, then parts, heatmaps or presence
-    if "presence_threshold" in info.get("meta", {}):  # predict.PRESENCE_KEY: the PresenceHead's cut
-        props["presence_threshold"] = repr(float(info["meta"]["presence_threshold"]))
+    if PRESENCE_KEY in info.get("meta", {}):  # the PresenceHead's cut
+        props[PRESENCE_KEY] = repr(float(info["meta"][PRESENCE_KEY]))
     if is_recurrent(model):
         probe = model.stride * 8
         shapes = model.state_shapes(1, probe, probe)

@@ -71,10 +71,12 @@ def peak(heatmap: np.ndarray) -> tuple[float, float, float]:
     score = float(heatmap[y, x])
     h, w = heatmap.shape
     if 1 < x < w - 2 and 1 < y < h - 2 and score > 0:
-        window = np.float32(heatmap[max(0, y - 7):y + 8, max(0, x - 7):x + 8])  # the kernel's reach and 2 more
+        reach = DARK_KERNEL[0] // 2 + 2  # the smoothing's radius, plus the differences' two pixels
+        y0, x0 = max(0, y - reach), max(0, x - reach)
+        window = np.float32(heatmap[y0:y + reach + 1, x0:x + reach + 1])
         smooth = cv2.GaussianBlur(window, DARK_KERNEL, 0, borderType=cv2.BORDER_CONSTANT)
         log = np.log(np.maximum(smooth * (score / max(float(smooth.max()), 1e-12)), 1e-10))
-        j, i = y - max(0, y - 7), x - max(0, x - 7)
+        j, i = y - y0, x - x0
         dx, dy = (log[j, i + 1] - log[j, i - 1]) / 2, (log[j + 1, i] - log[j - 1, i]) / 2
         dxx = (log[j, i + 2] - 2 * log[j, i] + log[j, i - 2]) / 4
         dyy = (log[j + 2, i] - 2 * log[j, i] + log[j - 2, i]) / 4

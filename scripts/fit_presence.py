@@ -36,7 +36,7 @@ from personseg.imageio import read_image  # noqa: E402
 from personseg.models import create_model  # noqa: E402
 from personseg.models.blocks import pad_to_multiple  # noqa: E402
 from personseg.models.unet_mobilenet import PresenceHead  # noqa: E402
-from personseg.predict import InputSpec, Predictor, sigmoid  # noqa: E402
+from personseg.predict import PRESENCE_KEY, InputSpec, Predictor, sigmoid  # noqa: E402
 
 PERSON_FOLDERS = ("portraits", "ccp", "hsd", "coco", "pennfudan")
 EMPTY_FOLDERS = ("negatives/images", "composites/backgrounds")
@@ -88,7 +88,10 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
 
 
 def validation_rows(predictor, folders: list[str], data: Path) -> list[dict]:
-    """Per validation photo: folder, confusion counts at the model's threshold, presence probability."""
+    """Per validation photo: folder, confusion counts at the model's threshold (the predictor's cut is 0, so
+    no mask is emptied), presence probability (read off the same forward pass by a hook on the head)."""
+    logits = []
+    hook = predictor.model.presence.register_forward_hook(lambda module, inputs, out: logits.append(float(out[0, 0])))
     rows = []
     for folder in folders:
         for path, truth_of in tqdm(list_items(data / folder, "val"), desc=f"{folder} (val)", unit="img"):
@@ -96,11 +99,10 @@ def validation_rows(predictor, folders: list[str], data: Path) -> list[dict]:
             mask = truth_of(rgb.shape[:2])[0]
             truth, valid = mask > IGNORE, mask != IGNORE
             pred = (predictor.predict(rgb) >= predictor.threshold) & valid
-            x = torch.from_numpy(predictor.spec.preprocess([rgb]))
-            with torch.inference_mode():
-                logit = float(predictor.model(x.contiguous(memory_format=torch.channels_last))[1][0, 0])
             rows.append({"folder": folder, "tp": int((pred & truth).sum()), "fp": int((pred & ~truth).sum()),
-                         "fn": int((~pred & truth).sum()), "valid": int(valid.sum()), "p": float(sigmoid(np.float32(logit)))})
+                         "fn": int((~pred & truth).sum()), "valid": int(valid.sum()),
+                         "p": float(sigmoid(np.float32(logits[-1])))})
+    hook.remove()
     return rows
 
 
@@ -153,6 +155,7 @@ def main() -> int:
         model.presence.linear.bias.fill_(b)
     train_accuracy = float((((x @ w + b) > 0) == (y > 0)).mean())
     predictor = Predictor(model, spec=spec, threshold=info["threshold"], info=info)
+    predictor.presence_threshold = 0  # a refit of a model that has a head: score every mask ungated
     rows = validation_rows(predictor, [*PERSON_FOLDERS, "negatives"], args.data)
     cut, table = choose_cut(rows, args.max_cost)
     for name, g in table.items():
@@ -160,7 +163,7 @@ def main() -> int:
             f"{f} {m['fp_share']:.2%}/{m['over_5pct']}" if "fp_share" in m else f"{f} {m['iou']:.4f}" for f, m in g.items()))
     print(f"chosen cut {cut} (fewest person pixels on negatives/ with no mask folder losing over {args.max_cost}); "
           f"training accuracy {train_accuracy:.3f} on {len(y)} photos ({int((y == 0).sum())} person-free)")
-    meta = {**info["meta"], "presence_threshold": cut, "presence_fit": {
+    meta = {**info["meta"], PRESENCE_KEY: cut, "presence_fit": {
         "source": str(args.checkpoint), "l2": args.l2, "max_cost": args.max_cost, "train_photos": len(y),
         "train_person_free": int((y == 0).sum()), "train_accuracy": train_accuracy, "val_cuts": table}}
     save_checkpoint(args.out, model, meta=meta, half=True, **{k: info[k] for k in (

@@ -65,7 +65,7 @@ class MultiTaskUNet(UNetMobileNet):
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return ("logits", "parts", "heatmaps") + (("presence",) if self.presence is not None else ())
+        return ("logits", "parts", "heatmaps") + super().outputs[1:]  # the trunk's presence, if any
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, (h, w) = pad_to_multiple(x, self.stride)
