@@ -8,7 +8,8 @@ model output, and the cut-out's colour fringe with and without foreground estima
    seed 99, not the training run's checkpoint-selection seed 1234): Rhemann et al. errors (personseg.matting:
    SAD, MSE, gradient, connectivity) over the whole picture and in the edge band (the ground truth's
    fractional pixels grown by 3: the matting trimap's unknown area), bilinear / analytic / deep.
-2. Real validation folders (index % 10 == 9; the held-back split is not read): IoU and boundary F
+2. Real validation folders (index % 10 == 9; --split holdout reads index % 10 == 4 instead, here and in
+   sections 1 and 4): IoU and boundary F
    (personseg.evaluate), analytic vs deep, the model run once per photo.
 3. ONNX Runtime cost of each refinement at 1280x720 and 1920x1080, 2 threads, median of --repeat runs,
    on a real photo resized; foreground estimation (Blur-Fusion) and pymatting's estimate_foreground_ml.
@@ -59,8 +60,8 @@ def upsample(predictor, method: str, rgb: np.ndarray, prob: np.ndarray) -> np.nd
     return np.clip(cv2.resize(prob, rgb.shape[1::-1], interpolation=cv2.INTER_LINEAR), 0, 1)
 
 
-def composites(predictor, data: Path, count: int, seed: int = 99) -> list[tuple]:
-    scenes = MattingScenes(data, "val")
+def composites(predictor, data: Path, count: int, seed: int = 99, split: str = "val") -> list[tuple]:
+    scenes = MattingScenes(data, split)
     out = []
     for i in range(count):
         image, alpha, fg = scenes.render(seed * 1_000_003 + i, with_foreground=True)
@@ -69,7 +70,7 @@ def composites(predictor, data: Path, count: int, seed: int = 99) -> list[tuple]
 
 
 def matting_table(predictor, scenes: list[tuple]) -> None:
-    print(f"\n1. Matting errors, {len(scenes)} validation composites (mean per picture; SAD, grad, conn / 1000)")
+    print(f"\n1. Matting errors, {len(scenes)} composites (of --split) (mean per picture; SAD, grad, conn / 1000)")
     for where in ("whole", "band"):
         means = {}
         for method in METHODS:
@@ -101,10 +102,10 @@ class Cached:
         return upsample(self.predictor, self.method, rgb, self.cache[key])
 
 
-def folders_table(predictor, data: Path, limit: int | None) -> None:
-    print("\n2. Real validation folders: IoU and boundary F (pixel counts summed per folder)")
+def folders_table(predictor, data: Path, limit: int | None, split: str = "val") -> None:
+    print(f"\n2. Real {split} folders: IoU and boundary F (pixel counts summed per folder)")
     cache: dict = {}
-    results = {m: evaluate_folders(Cached(predictor, m, cache), [data / f for f in FOLDERS], "val", limit)
+    results = {m: evaluate_folders(Cached(predictor, m, cache), [data / f for f in FOLDERS], split, limit)
                for m in ("guided", "deep")}
     print(f"{'folder':10s} {'n':>4s} | {'IoU gf':>7s} {'IoU deep':>8s} | {'F gf':>7s} {'F deep':>7s}")
     for name in list(results["guided"]["per_folder"]) + ["overall"]:
@@ -264,6 +265,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--model", default="accurate")
     parser.add_argument("--composites", type=int, default=60)
+    parser.add_argument("--split", choices=("val", "holdout"), default="val",
+                        help="cut-outs, backgrounds and real photos of sections 1, 2 and 4 (default: val; holdout "
+                             "for a shipped refiner's final figures, never for choosing one)")
     parser.add_argument("--limit", type=int, help="images per real folder")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--clips", type=int, default=12, help="moving composite clips (section 5)")
@@ -274,11 +278,12 @@ def main() -> int:
     predictor = load(args.model, refine="deep", threads=2)
     print(f"model {args.model} (tta {predictor.tta}), refiner {Path(predictor.refiner.path).name}")
     only = set(args.only or ("matting", "folders", "timing", "fringe", "clips"))
-    scenes = composites(predictor, args.data, args.composites) if only & {"matting", "fringe"} else []
+    print(f"split {args.split}")
+    scenes = composites(predictor, args.data, args.composites, split=args.split) if only & {"matting", "fringe"} else []
     if "matting" in only:
         matting_table(predictor, scenes)
     if "folders" in only:
-        folders_table(predictor, args.data, args.limit)
+        folders_table(predictor, args.data, args.limit, args.split)
     if "timing" in only:
         timing_table(predictor, args.data, args.repeat)
     if "fringe" in only:
