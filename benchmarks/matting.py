@@ -7,7 +7,10 @@ model output, and the cut-out's colour fringe with and without foreground estima
 1. Validation composites (refiner_train.MattingScenes, validation cut-outs on validation backgrounds,
    seed 99, not the training run's checkpoint-selection seed 1234): Rhemann et al. errors (personseg.matting:
    SAD, MSE, gradient, connectivity) over the whole picture and in the edge band (the ground truth's
-   fractional pixels grown by 3: the matting trimap's unknown area), bilinear / analytic / deep.
+   fractional pixels grown by 3: the matting trimap's unknown area), bilinear / analytic / deep; then the
+   whole picture's MSE and gradient error split by zone (`zones`): the edge band, the segmenter's own
+   errors away from it (where the analytic alpha is off by more than 0.3, grown by 4 pixels: no filter of
+   the model's output can fix those) and the rest.
 2. Real validation folders (index % 10 == 9; --split holdout reads index % 10 == 4 instead, here and in
    sections 1 and 4): IoU and boundary F
    (personseg.evaluate), analytic vs deep, the model run once per photo.
@@ -45,6 +48,7 @@ from personseg.guided_filter import refine_alpha  # noqa: E402
 from personseg.imageio import read_image  # noqa: E402
 from personseg.metrics import video_metrics  # noqa: E402
 from personseg.predict import load  # noqa: E402
+from personseg.refiner import DeepRefiner  # noqa: E402
 from personseg.refiner_train import MattingScenes, model_probability  # noqa: E402
 from personseg.video import Frame, make_temporal  # noqa: E402
 
@@ -85,6 +89,33 @@ def matting_table(predictor, scenes: list[tuple]) -> None:
             print(f"{'':6s} {method:9s} {m['sad']:9.3f} {m['mse']:9.5f} {m['grad']:9.3f} {m['conn']:9.3f}")
         ratio = {k: means["deep"][k] / means["guided"][k] for k in means["deep"]}
         print(f"{'':6s} {'deep/gf':9s} " + " ".join(f"{ratio[k]:9.3f}" for k in ("sad", "mse", "grad", "conn")))
+
+
+def zones(alpha: np.ndarray, analytic: np.ndarray) -> dict[str, np.ndarray]:
+    """Disjoint (H, W) bool zones of one composite that cover it: "band" (matting.edge_band of the true
+    alpha), "model error" (the analytic alpha more than 0.3 off the truth, grown by 4 pixels, outside the
+    band: the segmenter's mistakes) and "rest"."""
+    band = matting.edge_band(alpha)
+    off = cv2.dilate((np.abs(analytic - alpha) > 0.3).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    return {"band": band, "model error": off & ~band, "rest": ~off & ~band}
+
+
+def zone_table(predictor, scenes: list[tuple]) -> None:
+    """Whole-picture MSE and gradient error as sums of their zones' shares (`zones`), analytic vs deep."""
+    shares: dict[tuple[str, str], np.ndarray] = {}
+    for image, alpha, _, prob in scenes:
+        analytic = upsample(predictor, "guided", image, prob)
+        parts = zones(alpha, analytic)
+        for method, pred in (("guided", analytic), ("deep", upsample(predictor, "deep", image, prob))):
+            for name, region in parts.items():
+                row = shares.setdefault((name, method), np.zeros(3))
+                row += [region.mean(), matting.mse(pred, alpha, region) * region.mean(),
+                        matting.gradient_error(pred, alpha, region)]
+    print(f"\n   Whole picture by zone (mean per picture; each zone's share of MSE and gradient error)")
+    print(f"{'zone':12s} {'area':>6s} | {'MSE gf':>8s} {'MSE deep':>8s} | {'grad gf':>8s} {'grad deep':>9s}")
+    for name in ("band", "model error", "rest"):
+        g, d = shares[(name, "guided")] / len(scenes), shares[(name, "deep")] / len(scenes)
+        print(f"{name:12s} {g[0]:6.3f} | {g[1]:8.5f} {d[1]:8.5f} | {g[2]:8.3f} {d[2]:9.3f}")
 
 
 class Cached:
@@ -274,14 +305,20 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=16, help="frames a clip")
     parser.add_argument("--only", choices=("matting", "folders", "timing", "fringe", "clips"), action="append",
                         help="sections to run (default: all)")
+    parser.add_argument("--refiner", type=Path, metavar="ONNX",
+                        help="a refiner file to measure instead of the one shipped beside --model (one that "
+                             "scripts/train_refiner.py wrote for the same model)")
     args = parser.parse_args()
     predictor = load(args.model, refine="deep", threads=2)
+    if args.refiner:
+        predictor.refiner = DeepRefiner(args.refiner, threads=2)
     print(f"model {args.model} (tta {predictor.tta}), refiner {Path(predictor.refiner.path).name}")
     only = set(args.only or ("matting", "folders", "timing", "fringe", "clips"))
     print(f"split {args.split}")
     scenes = composites(predictor, args.data, args.composites, split=args.split) if only & {"matting", "fringe"} else []
     if "matting" in only:
         matting_table(predictor, scenes)
+        zone_table(predictor, scenes)
     if "folders" in only:
         folders_table(predictor, args.data, args.limit, args.split)
     if "timing" in only:

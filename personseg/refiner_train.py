@@ -12,6 +12,9 @@ photo's 480-960 pixel long side above, 1.5x to 3x; real photos up to 800 pixels)
 - binary masks (portraits, ccp, hsd, pennfudan): hand-drawn masks are a few pixels off the true edge
   and have no fractional alpha, so their loss leaves out a band of `BAND` pixels either side of the mask
   edge (`band_weight`): there the refiner may be soft, as the true alpha is; elsewhere it must match.
+  Inside the band only the side of the model's threshold is asked for (`side_weight`, a hinge at the
+  threshold on the mask's side): softness costs nothing there, a pixel on the wrong side of the threshold
+  does (what IoU and boundary F count).
 Splits follow the project's rule (validation index % 10 == 9, held back == 4, never used here).
 """
 from __future__ import annotations
@@ -33,6 +36,8 @@ from personseg.guided_filter import area_downsample, coefficients, default_radiu
 from personseg.guided_filter_torch import DeepGuidedFilterRefiner
 
 BAND = 3  # pixels either side of a binary mask's edge that its loss leaves out
+SIDE_WEIGHT = 1.0  # weight of the band's hinge at the threshold (`crop_loss`); 0 turns it off (refiner4's loss)
+SQUARED_WEIGHT = 1.0  # weight of the squared error beside the L1 (`crop_loss`)
 BACKGROUNDS = ("composites/backgrounds", "negatives/images")
 MASK_FOLDERS = ("portraits", "ccp", "hsd", "pennfudan")
 
@@ -153,15 +158,23 @@ def band_weight(mask: np.ndarray, valid: np.ndarray, band: int = BAND) -> np.nda
     return (far & (valid > 0)).astype(np.float32)
 
 
+def band_side(mask: np.ndarray, valid: np.ndarray, band: int = BAND) -> np.ndarray:
+    """(H, W) float32: +1 / -1 on the valid pixels `band_weight` leaves out that are inside / outside the
+    mask, 0 elsewhere: the side of the threshold `crop_loss`'s hinge asks of each band pixel."""
+    near = (band_weight(mask, valid, band) == 0) & (valid > 0)
+    return (near * np.where(mask > 0.5, 1, -1)).astype(np.float32)
+
+
 def model_probability(predictor, image: np.ndarray) -> np.ndarray:
     """The frozen model's low-resolution probability (h, w) float32, as `Predictor.upsample` receives it."""
     return predictor._forward([image], predictor.spec.model_size(*image.shape[:2]))[0][0]
 
 
-def make_sample(predictor, image, target, weight, soft: bool) -> dict:
+def make_sample(predictor, image, target, weight, soft: bool, side: np.ndarray | None = None) -> dict:
     """One training or validation sample, with what does not change while training precomputed as
     inference computes it (`DeepRefiner.coefficients`): the low-resolution guide and analytic coef, and
-    the low-resolution pixels near an edge (`edges`, where crops are centred)."""
+    the low-resolution pixels near an edge (`edges`, where crops are centred). `side` (binary masks):
+    +1 / -1 on the band's pixels inside / outside the mask, 0 elsewhere (`band_side`)."""
     prob = model_probability(predictor, image)
     h, w = prob.shape
     guide_lr = area_downsample(image, h, w)
@@ -169,6 +182,7 @@ def make_sample(predictor, image, target, weight, soft: bool) -> dict:
     target_lr = cv2.resize(target, (w, h), interpolation=cv2.INTER_AREA)
     edges = np.argwhere(((target_lr > 0.02) & (target_lr < 0.98)) | ((prob > 0.02) & (prob < 0.98)))
     return {"image": image, "prob": prob, "target": target, "weight": weight, "soft": soft, "edges": edges,
+            "side": side,
             "guide_lr": torch.from_numpy(guide_lr.transpose(2, 0, 1)[None].astype(np.float32)),
             "coef": torch.from_numpy(coef[None].astype(np.float32))}
 
@@ -211,12 +225,16 @@ def crop_alpha(refiner: DeepGuidedFilterRefiner, s: dict, y: int, x: int, size: 
     return ((up[:, :3] * guide).sum(1) + up[:, 3]).clamp(0, 1)[0], (Y0, Y1, X0, X1)
 
 
-def crop_loss(refiner: DeepGuidedFilterRefiner, s: dict, rng: np.random.Generator, size: int = 40) -> torch.Tensor:
+def crop_loss(refiner: DeepGuidedFilterRefiner, s: dict, rng: np.random.Generator, size: int = 40,
+              side_weight: float = SIDE_WEIGHT, squared_weight: float = SQUARED_WEIGHT,
+              threshold: float = 0.5) -> torch.Tensor:
     """The loss on one crop, centred on an edge pixel 3 times in 4, else anywhere:
-    L1 plus squared error (L1 alone settles for the median and leaves large errors: the MSE of a refiner
-    trained on L1 alone was above the analytic filter's). Soft alpha adds L1 of the alpha's x and y
-    differences against the target's (edges as sharp as the target's). Binary masks weight the error by
-    `band_weight` and add no difference term: their edge is not the true one."""
+    L1 plus `squared_weight` times the squared error (L1 alone settles for the median and leaves large
+    errors: the MSE of a refiner trained on L1 alone was above the analytic filter's). Soft alpha adds L1
+    of the alpha's x and y differences against the target's (edges as sharp as the target's). Binary masks
+    weight the error by `band_weight` and add no difference term: their edge is not the true one. In
+    their band they add `side_weight` times the mean hinge max(0, side (threshold - alpha)) (`band_side`;
+    `threshold`: the model's): any softness on the mask's side of the threshold is free."""
     h, w = s["prob"].shape
     if len(s["edges"]) and rng.random() < 0.75:
         cy, cx = s["edges"][rng.integers(len(s["edges"]))]
@@ -227,10 +245,14 @@ def crop_loss(refiner: DeepGuidedFilterRefiner, s: dict, rng: np.random.Generato
     target = torch.from_numpy(s["target"][Y0:Y1, X0:X1])
     weight = torch.from_numpy(s["weight"][Y0:Y1, X0:X1])
     error = alpha - target
-    loss = ((error.abs() + error ** 2) * weight).sum() / weight.sum().clamp(min=1)
+    loss = ((error.abs() + squared_weight * error ** 2) * weight).sum() / weight.sum().clamp(min=1)
     if s["soft"]:
         for d in (lambda t: t[1:] - t[:-1], lambda t: t[:, 1:] - t[:, :-1]):
             loss = loss + (d(alpha) - d(target)).abs().mean()
+    elif side_weight and s.get("side") is not None:
+        side = torch.from_numpy(s["side"][Y0:Y1, X0:X1])
+        hinge = (side * (threshold - alpha)).clamp(min=0)
+        loss = loss + side_weight * hinge.sum() / side.abs().sum().clamp(min=1)
     return loss
 
 
@@ -282,13 +304,14 @@ def training_pool(predictor, data_root, count: int, seed: int, soft_share: float
             pool.append(make_sample(predictor, image, alpha, np.ones_like(alpha), True))
         else:
             image, mask, valid = photos.load(sample_seed)
-            pool.append(make_sample(predictor, image, mask, band_weight(mask, valid), False))
+            pool.append(make_sample(predictor, image, mask, band_weight(mask, valid), False, band_side(mask, valid)))
     return pool
 
 
 def train(predictor, data_root, out_dir, minutes: float = 35.0, seed: int = 0, hidden: int = 16,
           lr: float = 3e-3, batch: int = 16, pool_size: int = 300, val_count: int = 24,
-          eval_minutes: float = 3.0) -> dict:
+          eval_minutes: float = 3.0, side_weight: float = SIDE_WEIGHT, squared_weight: float = SQUARED_WEIGHT,
+          soft_share: float = 0.6) -> dict:
     """Build a pool of `pool_size` samples (in at most half the time), then train on edge-centred crops of them for the rest of
     `minutes` (wall time, cosine learning rate), validating (SAD, MSE) every `eval_minutes` and keeping
     the best `_score` (validation SAD and MSE relative to the analytic filter's). Writes out_dir/log.jsonl and out_dir/best.pt (state and kwargs)."""
@@ -299,16 +322,19 @@ def train(predictor, data_root, out_dir, minutes: float = 35.0, seed: int = 0, h
     refiner = DeepGuidedFilterRefiner(hidden=hidden)
     opt = torch.optim.Adam(refiner.parameters(), lr=lr)
     val = validation_set(predictor, data_root, val_count)
-    pool = training_pool(predictor, data_root, pool_size, seed, deadline=start + minutes * 30)
+    pool = training_pool(predictor, data_root, pool_size, seed, soft_share, deadline=start + minutes * 30)
     analytic = {f"analytic_{k}": v for k, v in evaluate(None, val).items()}
     best, rng, step, losses = {"score": math.inf}, np.random.default_rng(seed), 0, []
     t0, next_eval = (time.time() - start) / 60, 0.0
     with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps({"pool": len(pool), "val": len(val), "minutes": round(t0, 2), **analytic}) + "\n")
+        f.write(json.dumps({"pool": len(pool), "val": len(val), "minutes": round(t0, 2), "side_weight": side_weight,
+                            "squared_weight": squared_weight, "soft_share": soft_share, **analytic}) + "\n")
     while (elapsed := (time.time() - start) / 60) < minutes:
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (elapsed - t0) / max(minutes - t0, 1e-6)))
-        loss = sum(crop_loss(refiner, pool[rng.integers(len(pool))], rng) for _ in range(batch)) / batch
+        loss = sum(crop_loss(refiner, pool[rng.integers(len(pool))], rng, side_weight=side_weight,
+                             squared_weight=squared_weight, threshold=predictor.threshold)
+                   for _ in range(batch)) / batch
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -4,8 +4,8 @@
     python scripts/train_refiner.py --data ../shared/data --export-only training_logs/refiner/best.pt
 
 Writes OUT/log.jsonl (validation matting errors of the refiner, with the analytic filter's beside them),
-OUT/best.pt and personseg/weights/MODEL_refiner.onnx, which `personseg.load(MODEL)` then uses. One torch
-thread and one ONNX Runtime thread: it is meant to run in the background (nice -n 19).
+OUT/best.pt and personseg/weights/MODEL_refiner.onnx (or --onnx), which `personseg.load(MODEL)` then uses.
+One torch thread and one ONNX Runtime thread: it is meant to run in the background (nice -n 19).
 """
 import argparse
 import json
@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from personseg.guided_filter_torch import DeepGuidedFilterRefiner  # noqa: E402
 from personseg.predict import WEIGHTS_DIR, load  # noqa: E402
-from personseg.refiner_train import export_refiner, train  # noqa: E402
+from personseg.refiner_train import SIDE_WEIGHT, SQUARED_WEIGHT, export_refiner, train  # noqa: E402
 
 
 def main() -> int:
@@ -29,8 +29,17 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=35.0)
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--side-weight", type=float, default=SIDE_WEIGHT,
+                        help="weight of the hinge at the model's threshold in binary masks' edge band "
+                             "(0: refiner4's loss)")
+    parser.add_argument("--squared-weight", type=float, default=SQUARED_WEIGHT,
+                        help="weight of the squared error beside the L1 (refiner4: 1)")
+    parser.add_argument("--soft-share", type=float, default=0.6,
+                        help="share of soft-alpha composites in the training pool, the rest real photos with masks")
     parser.add_argument("--out", default="training_logs/refiner")
     parser.add_argument("--export-only", metavar="BEST_PT", help="only export this best.pt to ONNX")
+    parser.add_argument("--onnx", type=Path, help="where the ONNX refiner goes (default: "
+                        "personseg/weights/MODEL_refiner.onnx, the one the model loads)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model_file = WEIGHTS_DIR / f"{args.model}.onnx"
@@ -43,12 +52,14 @@ def main() -> int:
         best = saved["val"]
     else:
         predictor = load(args.model, refine=False, threads=1, spinning=False)
-        best = train(predictor, args.data, args.out, args.minutes, args.seed, args.hidden)
+        best = train(predictor, args.data, args.out, args.minutes, args.seed, args.hidden,
+                     side_weight=args.side_weight, squared_weight=args.squared_weight,
+                     soft_share=args.soft_share)
         print(json.dumps(best))
         saved = torch.load(Path(args.out) / "best.pt", weights_only=True)
     refiner = DeepGuidedFilterRefiner(**saved["kwargs"])
     refiner.load_state_dict(saved["state_dict"])
-    path = export_refiner(refiner, WEIGHTS_DIR / f"{args.model}_refiner.onnx", model_file, best)
+    path = export_refiner(refiner, args.onnx or WEIGHTS_DIR / f"{args.model}_refiner.onnx", model_file, best)
     print(f"wrote {path} ({path.stat().st_size} bytes)")
     return 0
 

@@ -11,7 +11,7 @@ from personseg.guided_filter import default_radius, refine_alpha
 from personseg.guided_filter_torch import DeepGuidedFilterRefiner, fast_guided_filter
 from personseg.predict import Predictor
 from personseg.refiner import DeepRefiner, refine_mode
-from personseg.refiner_train import MattingScenes, band_weight, export_refiner
+from personseg.refiner_train import MattingScenes, band_side, band_weight, crop_loss, export_refiner
 
 
 def photo_and_prob(seed=0, H=45, W=77, h=15, w=26):
@@ -104,6 +104,46 @@ def test_band_weight_leaves_out_the_edge_band():
     w = band_weight(mask, valid, band=3)
     assert (w[1:, :11] == 1).all() and (w[1:, 19:] == 1).all()  # more than 3 pixels from the edge
     assert (w[:, 13:17] == 0).all() and (w[0] == 0).all()
+
+
+def test_band_side_marks_the_band_by_the_masks_side():
+    mask = np.zeros((20, 30), np.float32)
+    mask[:, 15:] = 1
+    valid = np.ones_like(mask)
+    valid[0] = 0
+    side = band_side(mask, valid, band=3)
+    band = (band_weight(mask, valid, band=3) == 0) & (valid > 0)
+    assert np.array_equal(side != 0, band)
+    assert (side[band & (mask > 0)] == 1).all() and (side[band & (mask == 0)] == -1).all()
+    assert (side[0] == 0).all()  # not valid: no side asked
+
+
+def test_band_hinge_charges_only_the_wrong_side_of_the_threshold():
+    """crop_loss on a binary-mask sample: in the edge band any alpha on the mask's side of the threshold
+    costs nothing (soft is free), a pixel across it costs its distance to the threshold."""
+    from personseg.guided_filter import area_downsample, coefficients
+
+    rgb, prob = photo_and_prob(4, 40, 40, 20, 20)
+    mask = np.zeros((40, 40), np.float32)
+    mask[:, 20:] = 1
+    valid = np.ones_like(mask)
+    guide = area_downsample(rgb, *prob.shape)
+    s = {"image": rgb, "prob": prob, "target": mask, "weight": np.zeros_like(mask), "soft": False,
+         "side": band_side(mask, valid), "edges": np.zeros((0, 2), int),
+         "guide_lr": torch.from_numpy(guide.transpose(2, 0, 1)[None].astype(np.float32)),
+         "coef": torch.from_numpy(coefficients(guide, prob.astype(np.float64), 1, 1e-5)[None].astype(np.float32))}
+    refiner = DeepGuidedFilterRefiner(hidden=4)
+    with torch.no_grad():  # constant coefficients: alpha = b everywhere (A = 0)
+        refiner.net.body[-1].bias.copy_(torch.tensor([0, 0, 0, 0.6]))
+    const = torch.zeros_like(s["coef"])
+    s["coef"] = const
+    rng = np.random.default_rng(0)
+    # weight 0 everywhere: only the hinge speaks. alpha 0.6 >= threshold 0.55 inside, 0.05 above it outside
+    loss = crop_loss(refiner, s, rng, size=20, threshold=0.55)
+    band_outside = (s["side"] == -1).sum()
+    assert loss.item() == pytest.approx(0.05 * band_outside / np.abs(s["side"]).sum(), rel=1e-4)
+    assert crop_loss(refiner, s, rng, size=20, threshold=0.55, side_weight=0).item() == 0
+    assert crop_loss(refiner, s, rng, size=20, threshold=0.6).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_matting_scenes_are_deterministic_with_soft_alpha_and_split(data_dir):
