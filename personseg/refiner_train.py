@@ -12,9 +12,9 @@ photo's 480-960 pixel long side above, 1.5x to 3x; real photos up to 800 pixels)
 - binary masks (portraits, ccp, hsd, pennfudan): hand-drawn masks are a few pixels off the true edge
   and have no fractional alpha, so their loss leaves out a band of `BAND` pixels either side of the mask
   edge (`band_weight`): there the refiner may be soft, as the true alpha is; elsewhere it must match.
-  Inside the band only the side of the model's threshold is asked for (`side_weight`, a hinge at the
-  threshold on the mask's side): softness costs nothing there, a pixel on the wrong side of the threshold
-  does (what IoU and boundary F count).
+  Optionally (`side_weight`, off by default: it did not help, MODEL_CARD.md) the band asks for the side of
+  the model's threshold only (a hinge at the threshold on the mask's side): softness costs nothing there, a
+  pixel on the wrong side of the threshold does (what IoU and boundary F count).
 Splits follow the project's rule (validation index % 10 == 9, held back == 4, never used here).
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from personseg.guided_filter import area_downsample, coefficients, default_radiu
 from personseg.guided_filter_torch import DeepGuidedFilterRefiner
 
 BAND = 3  # pixels either side of a binary mask's edge that its loss leaves out
-SIDE_WEIGHT = 1.0  # weight of the band's hinge at the threshold (`crop_loss`); 0 turns it off (refiner4's loss)
+SIDE_WEIGHT = 0.0  # weight of the band's hinge at the threshold (`crop_loss`): off, as refiner4 (refiner5-8 tried it)
 SQUARED_WEIGHT = 1.0  # weight of the squared error beside the L1 (`crop_loss`)
 BACKGROUNDS = ("composites/backgrounds", "negatives/images")
 MASK_FOLDERS = ("portraits", "ccp", "hsd", "pennfudan")

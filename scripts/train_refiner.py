@@ -30,8 +30,8 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--side-weight", type=float, default=SIDE_WEIGHT,
-                        help="weight of the hinge at the model's threshold in binary masks' edge band "
-                             "(0: refiner4's loss)")
+                        help="weight of a hinge at the model's threshold in binary masks' edge band "
+                             "(default 0, refiner4's loss; refiner5-8 tried 1 and 2)")
     parser.add_argument("--squared-weight", type=float, default=SQUARED_WEIGHT,
                         help="weight of the squared error beside the L1 (refiner4: 1)")
     parser.add_argument("--soft-share", type=float, default=0.6,

@@ -139,11 +139,11 @@ def test_band_hinge_charges_only_the_wrong_side_of_the_threshold():
     s["coef"] = const
     rng = np.random.default_rng(0)
     # weight 0 everywhere: only the hinge speaks. alpha 0.6 >= threshold 0.55 inside, 0.05 above it outside
-    loss = crop_loss(refiner, s, rng, size=20, threshold=0.55)
+    loss = crop_loss(refiner, s, rng, size=20, threshold=0.55, side_weight=1)
     band_outside = (s["side"] == -1).sum()
     assert loss.item() == pytest.approx(0.05 * band_outside / np.abs(s["side"]).sum(), rel=1e-4)
     assert crop_loss(refiner, s, rng, size=20, threshold=0.55, side_weight=0).item() == 0
-    assert crop_loss(refiner, s, rng, size=20, threshold=0.6).item() == pytest.approx(0, abs=1e-6)
+    assert crop_loss(refiner, s, rng, size=20, threshold=0.6, side_weight=1).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_matting_scenes_are_deterministic_with_soft_alpha_and_split(data_dir):
