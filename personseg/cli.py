@@ -35,6 +35,17 @@ def threshold(value: str) -> float:
     return t
 
 
+def pixel_size(value: str) -> tuple[int, int]:
+    """argparse type: "WIDTHxHEIGHT", each 16 to 16384 pixels -> (width, height)."""
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected WIDTHxHEIGHT such as 384x216") from None
+    if not (16 <= width <= 16384 and 16 <= height <= 16384):
+        raise argparse.ArgumentTypeError(f"{value!r}: width and height must each be 16 to 16384 pixels")
+    return width, height
+
+
 def positive_int(value: str) -> int:
     n = int(value)
     if n < 1:

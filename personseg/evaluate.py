@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import heapq
 import html
 import io
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 
 from personseg import folders
-from personseg.cli import nonnegative_int, positive_int, threshold
+from personseg.cli import nonnegative_int, pixel_size, positive_int, threshold
 from personseg.folders import IGNORE, VAL_EVERY, decode_mask
 from personseg.imageio import ImageReadError, read_image, write_image_atomic
 from personseg.metrics import BinaryMetrics, per_image_stats, precision_recall_curve
@@ -357,6 +358,9 @@ def _checkpoint_description(source: str, predictor) -> dict:
     info = getattr(predictor, "info", {}) or {}
     out = {"path": source}
     out.update({k: info[k] for k in ("arch", "model_kwargs", "input_size", "threshold") if k in info})
+    spec = getattr(predictor, "spec", None)
+    if spec is not None and "input_size" in info and tuple(spec.size) != tuple(info["input_size"]):
+        out["run_input_size"] = list(spec.size)  # --input-size: not the budget the model was trained at
     out["refine"] = getattr(predictor, "refine", None)
     out["device"] = str(getattr(predictor, "device", ""))
     return out
@@ -491,6 +495,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score at most N images per folder (default: 0 = all)")
     parser.add_argument("--threshold", type=threshold, metavar="T",
                         help="alpha at or above which a pixel is person (default: the model's own)")
+    parser.add_argument("--input-size", type=pixel_size, metavar="WxH",
+                        help="run the model at this pixel budget: each photo resized, keeping its aspect "
+                             "ratio, to the area of WxH (default: the model's own input_size). Measures "
+                             "what a larger or smaller budget gives a trained model (small people need pixels)")
     parser.add_argument("--no-refine", action="store_true",
                         help="upsample bilinearly instead of with the guided filter")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction,
@@ -534,6 +542,8 @@ def run(args: argparse.Namespace) -> int:
                                    keep=args.keep, threshold=args.threshold)
     except (OSError, ValueError) as e:
         return usage_error(f"cannot load the model: {e}")
+    if args.input_size:
+        predictor.spec = dataclasses.replace(predictor.spec, size=args.input_size)
     result = evaluate_folders(predictor, args.data, args.split, args.limit or None, worst=args.worst,
                               progress=True, val_every=args.val_every)
     if not result["per_image"] and not result["errors"]:

@@ -144,6 +144,25 @@ def test_bad_images_are_reported_and_counted(tiny_checkpoint, tmp_path, capsys):
     assert not math.isnan(metrics["overall"]["iou"])
 
 
+def test_eval_cli_input_size_runs_the_model_at_another_budget(data_dir, tiny_checkpoint, tmp_path, monkeypatch):
+    """--input-size WxH: every photo reaches the model at that area (its own aspect ratio), and metrics.json
+    says which budget ran; a malformed size is a usage error."""
+    from personseg.predict import Predictor
+
+    seen = []
+    forward = Predictor._forward
+    monkeypatch.setattr(Predictor, "_forward", lambda self, images, size, state=None: (
+        seen.append(size), forward(self, images, size, state))[1])
+    out = tmp_path / "eval"
+    assert main(["eval", str(tiny_checkpoint), str(data_dir / "portraits"), "--limit", "2", "--out", str(out),
+                 "--input-size", "160x90", "--worst", "0", "--device", "cpu"]) == 0
+    assert len(seen) >= 2 and all(abs(h * w - 160 * 90) < 0.1 * 160 * 90 for h, w in seen)  # and a warm-up
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["checkpoint"]["run_input_size"] == [160, 90]
+    with pytest.raises(SystemExit):
+        main(["eval", str(tiny_checkpoint), str(data_dir / "portraits"), "--out", str(out), "--input-size", "160"])
+
+
 def test_eval_cli_usage_errors(tiny_checkpoint, tmp_path, capsys):
     assert main(["eval", str(tiny_checkpoint), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "no images/ folder" in capsys.readouterr().err
