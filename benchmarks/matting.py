@@ -111,7 +111,7 @@ def zone_table(predictor, scenes: list[tuple]) -> None:
                 row = shares.setdefault((name, method), np.zeros(3))
                 row += [region.mean(), matting.mse(pred, alpha, region) * region.mean(),
                         matting.gradient_error(pred, alpha, region)]
-    print(f"\n   Whole picture by zone (mean per picture; each zone's share of MSE and gradient error)")
+    print("\n   Whole picture by zone (mean per picture; each zone's share of MSE and gradient error)")
     print(f"{'zone':12s} {'area':>6s} | {'MSE gf':>8s} {'MSE deep':>8s} | {'grad gf':>8s} {'grad deep':>9s}")
     for name in ("band", "model error", "rest"):
         g, d = shares[(name, "guided")] / len(scenes), shares[(name, "deep")] / len(scenes)

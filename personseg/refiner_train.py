@@ -38,6 +38,7 @@ from personseg.guided_filter_torch import DeepGuidedFilterRefiner
 BAND = 3  # pixels either side of a binary mask's edge that its loss leaves out
 SIDE_WEIGHT = 0.0  # weight of the band's hinge at the threshold (`crop_loss`): off, as refiner4 (refiner5-8 tried it)
 SQUARED_WEIGHT = 1.0  # weight of the squared error beside the L1 (`crop_loss`)
+SOFT_SHARE = 0.6  # share of soft-alpha composites in the training pool (`training_pool`), the rest real photos
 BACKGROUNDS = ("composites/backgrounds", "negatives/images")
 MASK_FOLDERS = ("portraits", "ccp", "hsd", "pennfudan")
 
@@ -181,8 +182,8 @@ def make_sample(predictor, image, target, weight, soft: bool, side: np.ndarray |
     coef = coefficients(guide_lr, prob.astype(np.float64), default_radius(h, w), 1e-5)
     target_lr = cv2.resize(target, (w, h), interpolation=cv2.INTER_AREA)
     edges = np.argwhere(((target_lr > 0.02) & (target_lr < 0.98)) | ((prob > 0.02) & (prob < 0.98)))
-    return {"image": image, "prob": prob, "target": target, "weight": weight, "soft": soft, "edges": edges,
-            "side": side,
+    return {"image": image, "prob": prob, "target": target, "weight": weight, "soft": soft, "side": side,
+            "edges": edges,
             "guide_lr": torch.from_numpy(guide_lr.transpose(2, 0, 1)[None].astype(np.float32)),
             "coef": torch.from_numpy(coef[None].astype(np.float32))}
 
@@ -288,7 +289,7 @@ def evaluate(refiner: DeepGuidedFilterRefiner | None, samples: list[dict], full:
     return totals
 
 
-def training_pool(predictor, data_root, count: int, seed: int, soft_share: float = 0.6,
+def training_pool(predictor, data_root, count: int, seed: int, soft_share: float = SOFT_SHARE,
                   deadline: float = math.inf) -> list[dict]:
     """`count` training samples (fewer if time.time() passes `deadline`), a share `soft_share` of them
     soft-alpha scenes, the rest real photos with binary masks (their loss weight: `band_weight`)."""
@@ -304,17 +305,19 @@ def training_pool(predictor, data_root, count: int, seed: int, soft_share: float
             pool.append(make_sample(predictor, image, alpha, np.ones_like(alpha), True))
         else:
             image, mask, valid = photos.load(sample_seed)
-            pool.append(make_sample(predictor, image, mask, band_weight(mask, valid), False, band_side(mask, valid)))
+            weight, side = band_weight(mask, valid), band_side(mask, valid)
+            pool.append(make_sample(predictor, image, mask, weight, False, side))
     return pool
 
 
 def train(predictor, data_root, out_dir, minutes: float = 35.0, seed: int = 0, hidden: int = 16,
           lr: float = 3e-3, batch: int = 16, pool_size: int = 300, val_count: int = 24,
           eval_minutes: float = 3.0, side_weight: float = SIDE_WEIGHT, squared_weight: float = SQUARED_WEIGHT,
-          soft_share: float = 0.6) -> dict:
-    """Build a pool of `pool_size` samples (in at most half the time), then train on edge-centred crops of them for the rest of
-    `minutes` (wall time, cosine learning rate), validating (SAD, MSE) every `eval_minutes` and keeping
-    the best `_score` (validation SAD and MSE relative to the analytic filter's). Writes out_dir/log.jsonl and out_dir/best.pt (state and kwargs)."""
+          soft_share: float = SOFT_SHARE) -> dict:
+    """Build a pool of `pool_size` samples (`training_pool`, in at most half the time), then train on
+    edge-centred crops of them (`crop_loss`) for the rest of `minutes` (wall time, cosine learning rate),
+    validating (SAD, MSE) every `eval_minutes` and keeping the best `_score` (validation SAD and MSE
+    relative to the analytic filter's). Writes out_dir/log.jsonl and out_dir/best.pt (state and kwargs)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()

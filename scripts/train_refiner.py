@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from personseg.guided_filter_torch import DeepGuidedFilterRefiner  # noqa: E402
 from personseg.predict import WEIGHTS_DIR, load  # noqa: E402
-from personseg.refiner_train import SIDE_WEIGHT, SQUARED_WEIGHT, export_refiner, train  # noqa: E402
+from personseg.refiner_train import SIDE_WEIGHT, SOFT_SHARE, SQUARED_WEIGHT, export_refiner, train  # noqa: E402
 
 
 def main() -> int:
@@ -34,7 +34,7 @@ def main() -> int:
                              "(default 0, refiner4's loss; refiner5-8 tried 1 and 2)")
     parser.add_argument("--squared-weight", type=float, default=SQUARED_WEIGHT,
                         help="weight of the squared error beside the L1 (refiner4: 1)")
-    parser.add_argument("--soft-share", type=float, default=0.6,
+    parser.add_argument("--soft-share", type=float, default=SOFT_SHARE,
                         help="share of soft-alpha composites in the training pool, the rest real photos with masks")
     parser.add_argument("--out", default="training_logs/refiner")
     parser.add_argument("--export-only", metavar="BEST_PT", help="only export this best.pt to ONNX")

@@ -96,21 +96,24 @@ def test_refine_modes(tmp_path):
         DeepRefiner(bad)
 
 
-def test_band_weight_leaves_out_the_edge_band():
+def half_mask() -> tuple[np.ndarray, np.ndarray]:
+    """A (20, 30) mask of its right half and a valid map without its first row."""
     mask = np.zeros((20, 30), np.float32)
     mask[:, 15:] = 1
     valid = np.ones_like(mask)
     valid[0] = 0
+    return mask, valid
+
+
+def test_band_weight_leaves_out_the_edge_band():
+    mask, valid = half_mask()
     w = band_weight(mask, valid, band=3)
     assert (w[1:, :11] == 1).all() and (w[1:, 19:] == 1).all()  # more than 3 pixels from the edge
     assert (w[:, 13:17] == 0).all() and (w[0] == 0).all()
 
 
 def test_band_side_marks_the_band_by_the_masks_side():
-    mask = np.zeros((20, 30), np.float32)
-    mask[:, 15:] = 1
-    valid = np.ones_like(mask)
-    valid[0] = 0
+    mask, valid = half_mask()
     side = band_side(mask, valid, band=3)
     band = (band_weight(mask, valid, band=3) == 0) & (valid > 0)
     assert np.array_equal(side != 0, band)
