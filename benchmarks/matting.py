@@ -73,24 +73,6 @@ def composites(predictor, data: Path, count: int, seed: int = 99, split: str = "
     return out
 
 
-def matting_table(predictor, scenes: list[tuple]) -> None:
-    print(f"\n1. Matting errors, {len(scenes)} composites (of --split) (mean per picture; SAD, grad, conn / 1000)")
-    for where in ("whole", "band"):
-        means = {}
-        for method in METHODS:
-            rows = []
-            for image, alpha, _, prob in scenes:
-                region = matting.edge_band(alpha) if where == "band" else None
-                rows.append(matting.matting_errors(upsample(predictor, method, image, prob), alpha, region))
-            means[method] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        print(f"{where:6s} {'method':9s} {'SAD':>9s} {'MSE':>9s} {'grad':>9s} {'conn':>9s}")
-        for method in METHODS:
-            m = means[method]
-            print(f"{'':6s} {method:9s} {m['sad']:9.3f} {m['mse']:9.5f} {m['grad']:9.3f} {m['conn']:9.3f}")
-        ratio = {k: means["deep"][k] / means["guided"][k] for k in means["deep"]}
-        print(f"{'':6s} {'deep/gf':9s} " + " ".join(f"{ratio[k]:9.3f}" for k in ("sad", "mse", "grad", "conn")))
-
-
 def zones(alpha: np.ndarray, analytic: np.ndarray) -> dict[str, np.ndarray]:
     """Disjoint (H, W) bool zones of one composite that cover it: "band" (matting.edge_band of the true
     alpha), "model error" (the analytic alpha more than 0.3 off the truth, grown by 4 pixels, outside the
@@ -100,17 +82,32 @@ def zones(alpha: np.ndarray, analytic: np.ndarray) -> dict[str, np.ndarray]:
     return {"band": band, "model error": off & ~band, "rest": ~off & ~band}
 
 
-def zone_table(predictor, scenes: list[tuple]) -> None:
-    """Whole-picture MSE and gradient error as sums of their zones' shares (`zones`), analytic vs deep."""
-    shares: dict[tuple[str, str], np.ndarray] = {}
+def matting_table(predictor, scenes: list[tuple]) -> None:
+    """Section 1: each method's alpha computed once per composite, scored over the whole picture, in the edge
+    band, and (analytic and deep) split by `zones` into each zone's share of the whole MSE and gradient error."""
+    errors = {(where, m): [] for where in ("whole", "band") for m in METHODS}
+    shares = {(name, m): np.zeros(3) for name in ("band", "model error", "rest") for m in ("guided", "deep")}
     for image, alpha, _, prob in scenes:
-        analytic = upsample(predictor, "guided", image, prob)
-        parts = zones(alpha, analytic)
-        for method, pred in (("guided", analytic), ("deep", upsample(predictor, "deep", image, prob))):
+        preds = {m: upsample(predictor, m, image, prob) for m in METHODS}
+        parts = zones(alpha, preds["guided"])
+        for m, pred in preds.items():
+            errors[("whole", m)].append(matting.matting_errors(pred, alpha))
+            errors[("band", m)].append(matting.matting_errors(pred, alpha, parts["band"]))
+            if m == "bilinear":
+                continue
             for name, region in parts.items():
-                row = shares.setdefault((name, method), np.zeros(3))
-                row += [region.mean(), matting.mse(pred, alpha, region) * region.mean(),
-                        matting.gradient_error(pred, alpha, region)]
+                shares[(name, m)] += [region.mean(), matting.mse(pred, alpha, region) * region.mean(),
+                                      matting.gradient_error(pred, alpha, region)]
+    print(f"\n1. Matting errors, {len(scenes)} composites (of --split) (mean per picture; SAD, grad, conn / 1000)")
+    for where in ("whole", "band"):
+        means = {m: {k: float(np.mean([r[k] for r in errors[(where, m)]])) for k in errors[(where, m)][0]}
+                 for m in METHODS}
+        print(f"{where:6s} {'method':9s} {'SAD':>9s} {'MSE':>9s} {'grad':>9s} {'conn':>9s}")
+        for method in METHODS:
+            m = means[method]
+            print(f"{'':6s} {method:9s} {m['sad']:9.3f} {m['mse']:9.5f} {m['grad']:9.3f} {m['conn']:9.3f}")
+        ratio = {k: means["deep"][k] / means["guided"][k] for k in means["deep"]}
+        print(f"{'':6s} {'deep/gf':9s} " + " ".join(f"{ratio[k]:9.3f}" for k in ("sad", "mse", "grad", "conn")))
     print("\n   Whole picture by zone (mean per picture; each zone's share of MSE and gradient error)")
     print(f"{'zone':12s} {'area':>6s} | {'MSE gf':>8s} {'MSE deep':>8s} | {'grad gf':>8s} {'grad deep':>9s}")
     for name in ("band", "model error", "rest"):
@@ -318,7 +315,6 @@ def main() -> int:
     scenes = composites(predictor, args.data, args.composites, split=args.split) if only & {"matting", "fringe"} else []
     if "matting" in only:
         matting_table(predictor, scenes)
-        zone_table(predictor, scenes)
     if "folders" in only:
         folders_table(predictor, args.data, args.limit, args.split)
     if "timing" in only:

@@ -33,9 +33,8 @@ from personseg.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from personseg.evaluate import IGNORE, list_items  # noqa: E402
 from personseg.folders import list_images, split_items  # noqa: E402
 from personseg.imageio import read_image  # noqa: E402
-from personseg.models import create_model  # noqa: E402
 from personseg.models.blocks import pad_to_multiple  # noqa: E402
-from personseg.models.unet_mobilenet import PresenceHead  # noqa: E402
+from personseg.models.unet_mobilenet import PresenceHead, with_presence_head  # noqa: E402
 from personseg.predict import PRESENCE_KEY, InputSpec, Predictor, sigmoid  # noqa: E402
 
 PERSON_FOLDERS = ("portraits", "ccp", "hsd", "coco", "pennfudan")
@@ -45,13 +44,11 @@ CUTS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 def with_head(checkpoint: Path) -> tuple[torch.nn.Module, dict]:
     """The checkpoint's model with a fresh PresenceHead (every other weight loaded)."""
-    model, info = load_checkpoint(checkpoint)
-    kwargs = {**info["model_kwargs"], "presence": True}
-    out = create_model(info["arch"], **kwargs)
-    missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("presence.") for k in missing):
-        raise SystemExit(f"error: {checkpoint} does not fit {info['arch']} with a presence head")
-    return out.float().eval(), {**info, "model_kwargs": kwargs}
+    try:
+        model, info = with_presence_head(*load_checkpoint(checkpoint))
+    except ValueError as e:
+        raise SystemExit(f"error: {checkpoint}: {e}") from None
+    return model.float().eval(), info
 
 
 def pooled(model, spec: InputSpec, path: Path) -> np.ndarray:
@@ -67,11 +64,16 @@ def training_features(model, spec: InputSpec, data: Path) -> tuple[np.ndarray, n
     return np.stack(features), np.array([y for _, y in paths], np.float32)
 
 
-def fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
-    """Logistic regression, classes weighted equally, L2 on the standardised weights -> (w, b) on raw x."""
+def fit(x: np.ndarray, y: np.ndarray, l2: float, weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Logistic regression with L2 on the standardised weights -> (w, b) on raw x. Each sample's loss is
+    weighted by `weight` (scaled to mean 1); by default the two classes count equally."""
     mean, std = x.mean(0), x.std(0) + 1e-6
     z, t = torch.from_numpy((x - mean) / std).double(), torch.from_numpy(y).double()
-    weight = torch.where(t > 0, 0.5 / t.mean(), 0.5 / (1 - t.mean()))
+    if weight is None:
+        weight = torch.where(t > 0, 0.5 / t.mean(), 0.5 / (1 - t.mean()))
+    else:
+        weight = torch.as_tensor(weight, dtype=torch.float64)
+        weight = weight / weight.mean()
     w, b = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True), torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from personseg.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
 from personseg.export import export_onnx, set_metadata  # noqa: E402
 from personseg.imageio import read_image  # noqa: E402
-from personseg.models import create_model  # noqa: E402
+from personseg.models.unet_mobilenet import with_presence_head  # noqa: E402
 from personseg.predict import PRESENCE_KEY, WEIGHTS_DIR, Predictor, file_sha256  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main() -> int:
     trunk = accurate.state_dict()
     meta = read_checkpoint(WEIGHTS_DIR / "accurate.pt")["meta"]
     if accurate.presence is not None:  # accurate's PresenceHead (fitted after the heads' training) comes along
-        model, info = with_presence(model, info, accurate)
+        model, info = with_presence_head(model, info, accurate.presence)
     mine = model.state_dict()
     differ = [k for k, v in trunk.items() if not torch.equal(mine[k].float(), v.float())]
     if differ:
@@ -94,14 +94,6 @@ def main() -> int:
     return 0
 
 
-def with_presence(model, info: dict, accurate) -> tuple[torch.nn.Module, dict]:
-    """The multi-task `model` rebuilt with a PresenceHead holding `accurate`'s."""
-    kwargs = {**info["model_kwargs"], "presence": True}
-    out = create_model(info["arch"], **kwargs)
-    out.load_state_dict({**model.state_dict(), **{f"presence.{k}": v for k, v in accurate.presence.state_dict().items()}})
-    return out, {**info, "model_kwargs": kwargs}
-
-
 def graft(heads_path: Path, out: Path) -> int:
     """Write `heads_path`'s model with accurate.pt's trunk: the starting point for training the heads on anew."""
     if out.exists():
@@ -109,7 +101,7 @@ def graft(heads_path: Path, out: Path) -> int:
     model, info = load_checkpoint(heads_path)
     state = model.state_dict()
     # accurate's presence head comes along where the heads' model has one (training leaves it behind,
-    # train.load_init; shipping adds it back, `with_presence`)
+    # train.load_init; shipping adds it back, `with_presence_head`)
     trunk = {k: v for k, v in read_checkpoint(WEIGHTS_DIR / "accurate.pt")["state_dict"].items()
              if k in state or not k.startswith("presence.")}
     wrong = [k for k, v in trunk.items() if k not in state or state[k].shape != v.shape]

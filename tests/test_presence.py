@@ -101,3 +101,18 @@ def test_segment_empties_the_cup_photo_unless_the_cut_is_off(tmp_path):
         assert main(args + (["--presence-cut", cut] if cut else [])) == 0
         shares[cut] = float((np.asarray(Image.open(out / "coffee_mask.png")) > 127).mean())
     assert shares[None] == 0 and shares["0"] > 0.05, shares
+
+
+def test_with_presence_head_carries_the_weights_and_the_given_head():
+    from personseg.models.unet_mobilenet import with_presence_head
+
+    plain, gated = _pair()
+    info = {"arch": "unet_mobilenet_v2", "model_kwargs": KWARGS}
+    fresh, fresh_info = with_presence_head(plain, info)
+    copied, _ = with_presence_head(plain, info, gated.presence)
+    assert fresh_info["model_kwargs"] == {**KWARGS, "presence": True} and info["model_kwargs"] == KWARGS
+    for k, v in plain.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v) and torch.equal(copied.state_dict()[k], v)
+    assert torch.equal(copied.presence.linear.weight, gated.presence.linear.weight)
+    with pytest.raises(ValueError, match="do not fit"):
+        with_presence_head(plain, {"arch": "unet_mobilenet_v2", "model_kwargs": {"alpha": 1.0}})

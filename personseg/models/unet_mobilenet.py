@@ -77,6 +77,27 @@ class PresenceHead(nn.Module):
         return self.linear(self.pooled(features))
 
 
+def with_presence_head(model: nn.Module, info: dict, head: PresenceHead | None = None) -> tuple[nn.Module, dict]:
+    """A checkpoint's `model` (described by `info`: arch, model_kwargs) rebuilt with a PresenceHead, every
+    other weight carried over; the head holds `head`'s weights (another model's of the same trunk) or is
+    fresh (to be fitted: scripts/fit_presence.py). Returns the model and `info` with model_kwargs["presence"]."""
+    from personseg.models.registry import create_model
+
+    kwargs = {**info["model_kwargs"], "presence": True}
+    out = create_model(info["arch"], **kwargs)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("presence.")}
+    if head is not None:
+        state.update({f"presence.{k}": v for k, v in head.state_dict().items()})
+    try:
+        missing, unexpected = out.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise ValueError(f"{info['arch']}: the weights do not fit it ({str(e).splitlines()[1].strip()})") from None
+    if unexpected or any(not k.startswith("presence.") or head is not None for k in missing):
+        raise ValueError(f"{info['arch']}: the weights do not fit it with a presence head "
+                         f"({[*unexpected, *missing][:3]} do not fit)")
+    return out, {**info, "model_kwargs": kwargs}
+
+
 class UNetMobileNet(nn.Module):
     """(B, 3, H, W) normalized image -> (B, 1, H, W) person logits, for any H and W."""
 

@@ -6,33 +6,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, ".")
+sys.path.insert(0, "scripts")
 import personseg  # noqa
 from personseg.evaluate import IGNORE, list_items  # noqa
 from personseg.imageio import read_image  # noqa
+from fit_presence import fit  # noqa: the presence head's logistic regression, with sample weights
 
 DATA = Path("/work/shared/data")
 torch.set_num_threads(1)
-
-
-def fit(x, y, sw, l2=1.0):
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    z, t = torch.from_numpy((x - mean) / std).double(), torch.from_numpy(y).double()
-    sw = torch.from_numpy(sw).double()
-    sw = sw / sw.mean()
-    w = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, t, weight=sw)
-                + l2 * (w ** 2).sum() / len(t))
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w_raw = w.detach().numpy() / std
-    return w_raw, float(b.detach().numpy()[0] - (w_raw * mean).sum())
 
 
 def auroc(s, y, wt):
@@ -60,7 +41,7 @@ print("train regions", len(Y), "person", int(Y.sum()), "| val", len(Yv), int(Yv.
 models = {}
 for name, sw in (("area", A), ("sqrt", np.sqrt(A))):
     for l2 in (1.0, 10.0):
-        w, b = fit(X, Y, sw, l2)
+        w, b = fit(X, Y, l2, weight=sw)
         sv = Xv @ w + b
         print(f"{name} l2={l2}: val AUROC area-weighted {auroc(sv, Yv, Av):.3f}, count {auroc(sv, Yv, np.ones_like(Av)):.3f}")
         models[(name, l2)] = (w, b)
