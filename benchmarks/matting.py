@@ -144,23 +144,27 @@ def folders_table(predictor, data: Path, limit: int | None, split: str = "val") 
               f"{d['boundary_f']:7.4f}")
 
 
-def timing_table(predictor, data: Path, repeat: int) -> None:
+def timing_table(predictor, data: Path, repeat: int, others: tuple[DeepRefiner, ...] = ()) -> None:
+    """The upsampling methods' time, and that of `others` (more refiner files, "deep:NAME") in the same run."""
     print(f"\n3. Cost on ONNX Runtime / OpenCV, 2 threads, median of {repeat} (ms)")
     photo = read_image(sorted((data / "portraits/images").iterdir())[9])
     cv2.setNumThreads(2)
+    steps = {m: (lambda rgb, prob, m=m: upsample(predictor, m, rgb, prob)) for m in METHODS}
+    steps.update({f"deep:{Path(r.path).parent.name}/{Path(r.path).name}": r for r in others})
     for W, H in ((1280, 720), (1920, 1080)):
         rgb = cv2.resize(photo, (W, H), interpolation=cv2.INTER_LINEAR)
         prob = model_probability(predictor, rgb)
-        runs: dict[str, list[float]] = {m: [] for m in METHODS}
+        runs: dict[str, list[float]] = {m: [] for m in steps}
         for i in range(repeat + 1):  # methods interleaved, so a busy spell of the shared machine hits all
-            for method in METHODS:
+            for method, step in steps.items():
                 t = time.perf_counter()
-                upsample(predictor, method, rgb, prob)
+                step(rgb, prob)
                 if i:  # the first round warms up
                     runs[method].append((time.perf_counter() - t) * 1000)
         times = {m: statistics.median(r) for m, r in runs.items()}
         print(f"{W}x{H} (model {prob.shape[1]}x{prob.shape[0]}): " + ", ".join(f"{m} {t:.2f}" for m, t in times.items())
-              + f"; deep - guided = {times['deep'] - times['guided']:+.2f} ms")
+              + "; " + ", ".join(f"{m} - guided = {t - times['guided']:+.2f} ms" for m, t in times.items()
+                                 if m.startswith("deep")))
     rgb = cv2.resize(photo, (1280, 720), interpolation=cv2.INTER_LINEAR)
     alpha = predictor.refiner(rgb, model_probability(predictor, rgb))
     runs = []
@@ -305,6 +309,8 @@ def main() -> int:
     parser.add_argument("--refiner", type=Path, metavar="ONNX",
                         help="a refiner file to measure instead of the one shipped beside --model (one that "
                              "scripts/train_refiner.py wrote for the same model)")
+    parser.add_argument("--also", type=Path, metavar="ONNX", action="append", default=[],
+                        help="timing only: another refiner file timed in the same run (repeatable)")
     args = parser.parse_args()
     predictor = load(args.model, refine="deep", threads=2)
     if args.refiner:
@@ -318,7 +324,7 @@ def main() -> int:
     if "folders" in only:
         folders_table(predictor, args.data, args.limit, args.split)
     if "timing" in only:
-        timing_table(predictor, args.data, args.repeat)
+        timing_table(predictor, args.data, args.repeat, tuple(DeepRefiner(p, threads=2) for p in args.also))
     if "fringe" in only:
         fringe_table(predictor, scenes)
     if "clips" in only:

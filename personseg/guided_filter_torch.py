@@ -160,15 +160,23 @@ class CoefficientNet(nn.Module):
     2018; RVM's DeepGuidedFilterRefiner): at the model's resolution, (coef (B, 4, h, w) the analytic
     guided filter's box-averaged (A_r, A_g, A_b, b), guide_lr (B, 3, h, w) in [0, 1], prob_lr (B, 1, h, w))
     -> corrected coef (B, 4, h, w). Per-pixel convolutions over the local statistics (as RVM's) plus one
-    depthwise 3x3 for context, ~640 multiply-adds a low-resolution pixel. The last layer starts at zero,
+    depthwise 3x3 for context, ~640 multiply-adds a pixel it runs on. The last layer starts at zero,
     so an untrained net is the analytic filter; this module alone is exported to ONNX (the full-resolution
-    part stays numpy/OpenCV: `personseg.guided_filter.apply_coefficients`)."""
+    part stays numpy/OpenCV: `personseg.guided_filter.apply_coefficients`).
+
+    scale 2 runs the net on the inputs averaged over 2x2 pixels and upsamples its correction (bilinear,
+    exactly 2x) before adding it to coef: a quarter of the pixels, for a correction that is smoother than
+    the coefficients it corrects. squash: how the coefficients enter the net, "asinh" (refiner4) or
+    "log1p" (sign(x) log(1 + |x|), the same shape for one op fewer)."""
 
     IN_CHANNELS = 11
+    SQUASH = ("asinh", "log1p")
 
-    def __init__(self, hidden: int = 16, r: int = 1):
+    def __init__(self, hidden: int = 16, r: int = 1, scale: int = 1, squash: str = "asinh"):
         super().__init__()
-        self.r = r
+        if scale not in (1, 2) or squash not in self.SQUASH:
+            raise ValueError(f"CoefficientNet: scale {scale!r} (1 or 2), squash {squash!r} (one of {self.SQUASH})")
+        self.r, self.scale, self.squash = r, scale, squash
         self.body = nn.Sequential(
             nn.Conv2d(self.IN_CHANNELS, hidden, 1), nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.Conv2d(hidden, hidden, 1),
@@ -176,8 +184,14 @@ class CoefficientNet(nn.Module):
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
+    @property
+    def reach(self) -> int:
+        """How far (in pixels of coef) an output pixel sees: the box filter and the 3x3, each of radius
+        r and 1 at the net's scale, and at scale 2 the 2x2 average and the upsampling (training crops)."""
+        return (self.r + 1) * self.scale + 2 * (self.scale - 1)
+
     def features(self, coef: torch.Tensor, guide_lr: torch.Tensor, prob_lr: torch.Tensor) -> torch.Tensor:
-        """(B, 11, h, w): asinh of the coefficients (A reaches hundreds where the photo is flat), the
+        """(B, 11, h, w): the squashed coefficients (A reaches hundreds where the photo is flat), the
         probability with its local mean and spread, the centred guide and its local spread."""
         k = 2 * self.r + 1
 
@@ -187,13 +201,19 @@ class CoefficientNet(nn.Module):
         mean_p = box(prob_lr)
         std_p = (box(prob_lr * prob_lr) - mean_p * mean_p).clamp(min=0).add(1e-6).sqrt()
         std_I = (box(guide_lr * guide_lr) - box(guide_lr) ** 2).clamp(min=0).sum(1, keepdim=True).add(1e-6).sqrt()
-        # asinh written out (the TorchScript ONNX exporter has no aten::asinh), odd so it stays exact for x < 0
+        # written out (the TorchScript ONNX exporter has no aten::asinh), odd so it stays exact for x < 0
         a = coef.abs()
-        asinh = torch.sign(coef) * torch.log(a + torch.sqrt(a * a + 1))
-        return torch.cat([asinh, prob_lr, mean_p, std_p, guide_lr - 0.5, std_I], 1)
+        squashed = torch.sign(coef) * torch.log(a + torch.sqrt(a * a + 1) if self.squash == "asinh" else a + 1)
+        return torch.cat([squashed, prob_lr, mean_p, std_p, guide_lr - 0.5, std_I], 1)
 
     def forward(self, coef: torch.Tensor, guide_lr: torch.Tensor, prob_lr: torch.Tensor) -> torch.Tensor:
-        return coef + self.body(self.features(coef, guide_lr, prob_lr))
+        if self.scale == 1:
+            return coef + self.body(self.features(coef, guide_lr, prob_lr))
+        # 2x2 means (a last odd row or column: the mean of what is there), then exactly 2x back, cropped
+        small = F.avg_pool2d(torch.cat([coef, guide_lr, prob_lr], 1), 2, ceil_mode=True)
+        delta = self.body(self.features(*small.split([4, 3, 1], 1)))
+        delta = F.interpolate(delta, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return coef + delta[:, :, :coef.shape[2], :coef.shape[3]]
 
 
 class DeepGuidedFilterRefiner(nn.Module):
@@ -202,9 +222,10 @@ class DeepGuidedFilterRefiner(nn.Module):
     corrected by `CoefficientNet`, bilinearly upsampled and applied to the full-resolution guide, so one
     model serves any photo size. r: default_radius(h, w) when None, as `refine_alpha`."""
 
-    def __init__(self, hidden: int = 16, eps: float = 1e-5, r: int | None = None):
+    def __init__(self, hidden: int = 16, eps: float = 1e-5, r: int | None = None, scale: int = 1,
+                 squash: str = "asinh"):
         super().__init__()
-        self.net = CoefficientNet(hidden, r or 1)
+        self.net = CoefficientNet(hidden, r or 1, scale, squash)
         self.eps, self.r = eps, r
 
     def coefficients(self, guide_lr: torch.Tensor, prob_lr: torch.Tensor) -> torch.Tensor:

@@ -204,12 +204,14 @@ def _hires_rows(lo: int, hi: int, n: int, N: int) -> tuple[int, int]:
 
 def crop_alpha(refiner: DeepGuidedFilterRefiner, s: dict, y: int, x: int, size: int = 40):
     """The refiner's alpha on the full-resolution pixels of the low-resolution window [y, y + size) x
-    [x, x + size), computed from that window (plus the net's 2-pixel reach) only: the same values as
-    `predict_alpha` there, at a fraction of the cost. Returns (alpha (h', w'), (Y0, Y1, X0, X1))."""
+    [x, x + size), computed from that window (plus the net's reach, on its scale's grid) only: the same
+    values as `predict_alpha` there, at a fraction of the cost. Returns (alpha (h', w'), (Y0, Y1, X0, X1))."""
     h, w = s["prob"].shape
     H, W = s["image"].shape[:2]
     y1, x1 = min(h, y + size), min(w, x + size)
-    ya, yb, xa, xb = max(0, y - 2), min(h, y1 + 2), max(0, x - 2), min(w, x1 + 2)
+    reach, k = refiner.net.reach, refiner.net.scale
+    ya, xa = max(0, y - reach) // k * k, max(0, x - reach) // k * k
+    yb, xb = min(h, -(-(y1 + reach) // k) * k), min(w, -(-(x1 + reach) // k) * k)
     window = (slice(None), slice(None), slice(ya, yb), slice(xa, xb))
     prob = torch.from_numpy(s["prob"])[None, None]
     coef = refiner.net(s["coef"][window], s["guide_lr"][window], prob[window])
@@ -313,7 +315,7 @@ def training_pool(predictor, data_root, count: int, seed: int, soft_share: float
 def train(predictor, data_root, out_dir, minutes: float = 35.0, seed: int = 0, hidden: int = 16,
           lr: float = 3e-3, batch: int = 16, pool_size: int = 300, val_count: int = 24,
           eval_minutes: float = 3.0, side_weight: float = SIDE_WEIGHT, squared_weight: float = SQUARED_WEIGHT,
-          soft_share: float = SOFT_SHARE) -> dict:
+          soft_share: float = SOFT_SHARE, scale: int = 1, squash: str = "asinh") -> dict:
     """Build a pool of `pool_size` samples (`training_pool`, in at most half the time), then train on
     edge-centred crops of them (`crop_loss`) for the rest of `minutes` (wall time, cosine learning rate),
     validating (SAD, MSE) every `eval_minutes` and keeping the best `_score` (validation SAD and MSE
@@ -322,7 +324,8 @@ def train(predictor, data_root, out_dir, minutes: float = 35.0, seed: int = 0, h
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     torch.manual_seed(seed)
-    refiner = DeepGuidedFilterRefiner(hidden=hidden)
+    kwargs = {"hidden": hidden, "scale": scale, "squash": squash}
+    refiner = DeepGuidedFilterRefiner(**kwargs)
     opt = torch.optim.Adam(refiner.parameters(), lr=lr)
     val = validation_set(predictor, data_root, val_count)
     pool = training_pool(predictor, data_root, pool_size, seed, soft_share, deadline=start + minutes * 30)
@@ -331,7 +334,7 @@ def train(predictor, data_root, out_dir, minutes: float = 35.0, seed: int = 0, h
     t0, next_eval = (time.time() - start) / 60, 0.0
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps({"pool": len(pool), "val": len(val), "minutes": round(t0, 2), "side_weight": side_weight,
-                            "squared_weight": squared_weight, "soft_share": soft_share, **analytic}) + "\n")
+                            "squared_weight": squared_weight, "soft_share": soft_share, **kwargs, **analytic}) + "\n")
     while (elapsed := (time.time() - start) / 60) < minutes:
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (elapsed - t0) / max(minutes - t0, 1e-6)))
@@ -341,7 +344,7 @@ def train(predictor, data_root, out_dir, minutes: float = 35.0, seed: int = 0, h
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         step += 1
         if elapsed >= next_eval or (time.time() - start) / 60 >= minutes:
             next_eval = elapsed + eval_minutes
@@ -350,7 +353,7 @@ def train(predictor, data_root, out_dir, minutes: float = 35.0, seed: int = 0, h
             line["score"] = _score(line, analytic)
             if line["score"] < best["score"]:
                 best = dict(line)
-                torch.save({"state_dict": refiner.state_dict(), "kwargs": {"hidden": hidden}, "val": line},
+                torch.save({"state_dict": refiner.state_dict(), "kwargs": kwargs, "val": line},
                            out / "best.pt")
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps({**line, "best_score": best["score"], **analytic}) + "\n")
@@ -377,6 +380,7 @@ def export_refiner(refiner: DeepGuidedFilterRefiner, path: str | Path, model_fil
                       dynamic_axes={n: axes for n in ("coef", "guide", "prob", "refined")})
     proto = onnx.load(str(path))
     meta = {"format": FORMAT, "eps": repr(refiner.eps), "hidden": str(net.body[0].out_channels),
+            "scale": str(net.scale), "squash": net.squash,
             "model": Path(model_file).name, "model_sha256": file_sha256(model_file),
             "val": json.dumps(val or {})}
     for k, v in meta.items():

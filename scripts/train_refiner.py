@@ -28,6 +28,10 @@ def main() -> int:
     parser.add_argument("--model", default="accurate", help="shipped model whose output is refined")
     parser.add_argument("--minutes", type=float, default=35.0)
     parser.add_argument("--hidden", type=int, default=16)
+    parser.add_argument("--scale", type=int, choices=(1, 2), default=1,
+                        help="2: the net runs on 2x2-averaged inputs, a quarter of the pixels (refiner9)")
+    parser.add_argument("--squash", choices=("asinh", "log1p"), default="asinh",
+                        help="how the coefficients enter the net (log1p: one op fewer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--side-weight", type=float, default=SIDE_WEIGHT,
                         help="weight of a hinge at the model's threshold in binary masks' edge band "
@@ -54,7 +58,7 @@ def main() -> int:
         predictor = load(args.model, refine=False, threads=1, spinning=False)
         best = train(predictor, args.data, args.out, args.minutes, args.seed, args.hidden,
                      side_weight=args.side_weight, squared_weight=args.squared_weight,
-                     soft_share=args.soft_share)
+                     soft_share=args.soft_share, scale=args.scale, squash=args.squash)
         print(json.dumps(best))
         saved = torch.load(Path(args.out) / "best.pt", weights_only=True)
     refiner = DeepGuidedFilterRefiner(**saved["kwargs"])

@@ -58,12 +58,14 @@ def test_gradient_reaches_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_segmenter_and_refiner_onnx_match_torch_at_two_sizes(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("kwargs", [{}, {"scale": 2, "squash": "log1p"}])
+def test_segmenter_and_refiner_onnx_match_torch_at_two_sizes(tiny_checkpoint, tmp_path, kwargs):
     """The ONNX pipeline (segmenter file on ORT, refiner file on ORT + numpy full-resolution step) gives
-    the alpha of the torch pipeline (checkpoint + DeepGuidedFilterRefiner) at two model input sizes."""
+    the alpha of the torch pipeline (checkpoint + DeepGuidedFilterRefiner) at two model input sizes (one
+    odd), the net at the model's resolution or at half of it."""
     model, info = load_checkpoint(tiny_checkpoint)
     export_onnx(model, info, tmp_path / "m.onnx", check=False)
-    refiner = randomize(DeepGuidedFilterRefiner(hidden=8), scale=0.2)
+    refiner = randomize(DeepGuidedFilterRefiner(hidden=8, **kwargs), scale=0.2)
     export_refiner(refiner, tmp_path / "m_refiner.onnx", tmp_path / "m.onnx")
     onnx_predictor = personseg.load(str(tmp_path / "m.onnx"), refine="guided")
     onnx_predictor.refiner, onnx_predictor.refine = DeepRefiner(tmp_path / "m_refiner.onnx", threads=1), "deep"
@@ -177,9 +179,11 @@ def test_matting_clips_move_smoothly_and_are_deterministic(data_dir):
     assert not np.array_equal(val.clip(4, frames=2)[1], alphas[:2])
 
 
-def test_training_crops_equal_the_whole_picture():
+@pytest.mark.parametrize("scale", [1, 2])
+def test_training_crops_equal_the_whole_picture(scale):
     """crop_alpha (training's edge-centred crops) gives the whole-picture alpha on its pixels, at the
-    borders too (bilinear source rows clamped as the resize clamps them)."""
+    borders too (bilinear source rows clamped as the resize clamps them), on odd-sized pictures with the
+    net at half resolution too (its 2x2 grid kept)."""
     from personseg.refiner_train import crop_alpha, predict_alpha
     from personseg.guided_filter import area_downsample, coefficients
 
@@ -188,10 +192,10 @@ def test_training_crops_equal_the_whole_picture():
     s = {"image": rgb, "prob": prob,
          "guide_lr": torch.from_numpy(guide.transpose(2, 0, 1)[None].astype(np.float32)),
          "coef": torch.from_numpy(coefficients(guide, prob.astype(np.float64), 1, 1e-5)[None].astype(np.float32))}
-    refiner = randomize(DeepGuidedFilterRefiner(hidden=8), scale=0.2)
+    refiner = randomize(DeepGuidedFilterRefiner(hidden=8, scale=scale), scale=0.2)
     with torch.no_grad():
         full = predict_alpha(refiner, s)
-        for y, x in ((0, 0), (13, 27), (5, 11)):
+        for y, x in ((0, 0), (13, 27), (5, 11), (14, 26)):
             crop, (Y0, Y1, X0, X1) = crop_alpha(refiner, s, y, x, size=10)
             assert crop.shape == (Y1 - Y0, X1 - X0) and crop.numel() > 0
             assert torch.allclose(crop, full[Y0:Y1, X0:X1], atol=1e-5)
